@@ -1,0 +1,7 @@
+"""LUCIR (Hou et al., CVPR 2019): a thin, faithful reproduction. See README.md."""
+from .config import Config, ConfigError, PRESETS, make_config
+from .data import DataError
+from .trainer import TrainingDiverged, run_incremental
+
+__all__ = ["Config", "ConfigError", "DataError", "PRESETS", "TrainingDiverged", "make_config", "run_incremental"]
+__version__ = "0.1.0"

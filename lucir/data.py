@@ -1,0 +1,333 @@
+"""Datasets, the class order, phase splits, and augmentation of whole batches on the device.
+
+CIFAR-100 and the synthetic set stay in memory as uint8 tensors; random crop (padding 4),
+flip and normalisation run on a whole batch on the training device, so the hot path has no
+per-sample PIL work. ImageNet-style data (folder layout, or JPEG bytes in the array format)
+is decoded per sample with the paper's ImageNet transforms.
+"""
+from __future__ import annotations
+
+import io
+import json
+import lzma
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config, ConfigError
+
+CIFAR_MEAN = (0.5071, 0.4866, 0.4409)  # SPEC.md (official code)
+CIFAR_STD = (0.2009, 0.1984, 0.2023)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """Missing or corrupt data; the message says where we looked and how to point at data."""
+
+
+def class_order(num_classes: int, seed: int = 1993) -> list[int]:
+    """The fixed random class order: np.random.seed(seed) then shuffle(arange) (Sec. 4.1)."""
+    rng_state = np.random.get_state()
+    np.random.seed(seed)
+    order = np.arange(num_classes)
+    np.random.shuffle(order)
+    np.random.set_state(rng_state)
+    return [int(c) for c in order]
+
+
+def phase_classes(sizes: list[int]) -> list[range]:
+    """Label ranges of each phase, in class-order positions: phase t covers range(a, b)."""
+    out, start = [], 0
+    for s in sizes:
+        out.append(range(start, start + s))
+        start += s
+    return out
+
+
+# --------------------------------------------------------------------------- image stores
+class ArrayImages:
+    """uint8 images (N, H, W, 3) kept as one tensor; batches are augmented on the device."""
+
+    kind = "array"
+
+    def __init__(self, images: np.ndarray | torch.Tensor, mean, std, pad: int = 4):
+        self.images = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()  # N, 3, H, W
+        self.mean, self.std, self.pad = mean, std, pad
+        self._device_cache: dict = {}
+
+    def __len__(self):
+        return len(self.images)
+
+    def on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._device_cache:
+            self._device_cache = {key: self.images.to(device)}
+        return self._device_cache[key]
+
+    def batch(self, idx: torch.Tensor, device, train: bool, generator: torch.Generator | None = None,
+              flip: bool = False) -> torch.Tensor:
+        """Normalised float batch of images `idx`; random crop + flip when `train`."""
+        x = self.on(device)[idx.to(device)]
+        if train:
+            x = random_crop_flip(x, self.pad, generator)
+        elif flip:
+            x = x.flip(3)
+        return normalize(x, self.mean, self.std)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop of the original size after zero padding, and a random horizontal flip,
+    for a whole uint8 batch at once. Random numbers come from `generator` (on the CPU) so the
+    result does not depend on the device."""
+    b, c, h, w = x.shape
+    off = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = (off[0][:, None] + torch.arange(h, device=x.device))  # b, h
+    cols = (off[1][:, None] + torch.arange(w, device=x.device))  # b, w
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # b, h, w, c
+    return out.permute(0, 3, 1, 2)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    out = (x.float().div_(255) - m) / s
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+class EncodedImages:
+    """JPEG images (file paths or bytes) decoded per sample with the ImageNet transforms of
+    Sec. 4.1: RandomResizedCrop + flip for training, Resize(256/224 * size) + CenterCrop for test."""
+
+    kind = "encoded"
+
+    def __init__(self, sources: list, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        from torchvision import transforms as T
+        self.sources, self.size = sources, size
+        self.train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
+        self.test_tf = T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.PILToTensor()])
+        self.mean, self.std = mean, std
+
+    def __len__(self):
+        return len(self.sources)
+
+    def _open(self, i: int):
+        from PIL import Image
+        src = self.sources[i]
+        fh = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
+        with fh:
+            return Image.open(fh).convert("RGB")
+
+    def batch(self, idx: torch.Tensor, device, train: bool, generator: torch.Generator | None = None,
+              flip: bool = False) -> torch.Tensor:
+        # torchvision's random transforms draw from torch's global generator, which the trainer
+        # seeds at the start of every phase; decoding is sequential, so runs are repeatable.
+        tf = self.train_tf if train else self.test_tf
+        x = torch.stack([tf(self._open(int(i))) for i in idx])
+        if flip and not train:
+            x = x.flip(3)
+        return normalize(x.to(device), self.mean, self.std)
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class Dataset:
+    """Train and test images with labels already mapped to class-order positions 0..n-1."""
+    name: str
+    train: ArrayImages | EncodedImages
+    train_labels: torch.Tensor
+    test: ArrayImages | EncodedImages
+    test_labels: torch.Tensor
+    class_names: list[str]  # in class-order positions
+    order: list[int]        # original class id of each position
+    source: str             # where the data came from, for provenance
+
+
+def data_root(config: Config) -> Path:
+    """The data folder: config.data_dir, else $LUCIR_DATA, else ~/.cache/lucir/data."""
+    if config.data_dir:
+        return Path(config.data_dir).expanduser()
+    if os.environ.get("LUCIR_DATA"):
+        return Path(os.environ["LUCIR_DATA"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lucir" / "data"
+
+
+def _find(root: Path, names: tuple[str, ...], marker: str) -> Path | None:
+    """`root` or one of its subfolders `names` that holds `marker`."""
+    for cand in (root, *[root / n for n in names]):
+        if (cand / marker).exists():
+            return cand
+    return None
+
+
+def _missing(what: str, root: Path, expected: str) -> DataError:
+    return DataError(f"{what} not found in '{root}' (expected {expected}); point at it with "
+                     f"LUCIR_DATA=/path or --set data_dir=/path")
+
+
+@lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
+def load_cifar100(root: Path):
+    """(train_x, train_y, test_x, test_y, names, source) from the array format or torchvision."""
+    arr = _find(root, ("cifar100", "cifar-100"), "labels.npz")
+    if arr is not None:
+        try:
+            shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
+            if not shards:
+                raise DataError(f"CIFAR-100 array data in '{arr}' has no train_images_*.npy.xz shards")
+            train_x = np.concatenate([_load_xz(p) for p in shards])
+            test_x = _load_xz(arr / "test_images.npy.xz")
+            lab = np.load(arr / "labels.npz")
+            train_y, test_y = lab["train_fine_labels"].astype(np.int64), lab["test_fine_labels"].astype(np.int64)
+            names = json.loads((arr / "classes.json").read_text())["fine_label_names"]
+        except DataError:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, lzma.LZMAError) as e:
+            raise DataError(f"CIFAR-100 data in '{arr}' is corrupt or incomplete ({type(e).__name__}: {e}); "
+                            f"check it with 'sha256sum -c SHA256SUMS'") from None
+        if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+            raise DataError(f"CIFAR-100 data in '{arr}' is corrupt: {len(train_x)} train images for "
+                            f"{len(train_y)} labels")
+        return train_x, train_y, test_x, test_y, names, f"array format at {arr}"
+    try:
+        from torchvision.datasets import CIFAR100
+        tv_train = CIFAR100(str(root), train=True, download=True)
+        tv_test = CIFAR100(str(root), train=False, download=False)
+    except Exception:
+        raise _missing("CIFAR-100", root, "the array format (train_images_*.npy.xz, labels.npz) or "
+                       "torchvision's cifar-100-python; the download failed") from None
+    return (tv_train.data, np.array(tv_train.targets), tv_test.data, np.array(tv_test.targets),
+            tv_train.classes, f"torchvision at {root}")
+
+
+def _load_xz(path: Path) -> np.ndarray:
+    with lzma.open(path) as fh:
+        return np.load(fh)
+
+
+@lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
+def load_tiny_imagenet(root: Path):
+    """The Tiny-ImageNet subset in the array format (JPEG bytes), the ImageNet stand-in."""
+    d = _find(root, ("tiny_imagenet_subset", "tiny_imagenet"), "val_jpeg.npz")
+    if d is None:
+        raise _missing("Tiny-ImageNet subset", root, "train_50per_class_jpeg.npz and val_jpeg.npz")
+    out = []
+    try:
+        for name in ("train_50per_class_jpeg.npz", "val_jpeg.npz"):
+            z = np.load(d / name, allow_pickle=False)
+            b, o = z["jpeg_bytes"], z["offsets"]
+            out.append(([b[o[i]:o[i + 1]].tobytes() for i in range(len(o) - 1)], z["labels"].astype(np.int64)))
+        names = json.loads((d / "classes.json").read_text())["class_names"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"Tiny-ImageNet data in '{d}' is corrupt or incomplete ({type(e).__name__}: {e})") from None
+    (tr, tr_y), (te, te_y) = out
+    return tr, tr_y, te, te_y, names, f"array format at {d}"
+
+
+@lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
+def load_imagenet_folder(root: Path):
+    """ImageNet in the usual layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
+    d = _find(root, ("imagenet", "ILSVRC2012"), "train")
+    if d is None or not (d / "val").is_dir():
+        raise _missing("ImageNet", root, "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    wnids = sorted(p.name for p in (d / "train").iterdir() if p.is_dir())
+    if not wnids:
+        raise DataError(f"ImageNet folder '{d}/train' has no class folders")
+    index = {w: i for i, w in enumerate(wnids)}
+
+    def scan(split):
+        paths, labels = [], []
+        for w in wnids:
+            for p in sorted((d / split / w).glob("*")):
+                if p.suffix.lower() in (".jpeg", ".jpg", ".png"):
+                    paths.append(str(p))
+                    labels.append(index[w])
+        return paths, np.array(labels, dtype=np.int64)
+
+    tr, tr_y = scan("train")
+    te, te_y = scan("val")
+    return tr, tr_y, te, te_y, wnids, f"folder at {d}"
+
+
+def synthetic_data(num_classes: int, train_per_class: int, test_per_class: int, seed: int = 0, size: int = 32):
+    """A deterministic, learnable image set: each class is a smooth random colour pattern;
+    samples add noise and a small shift. Seconds to train; for tests and the smoke preset."""
+    g = np.random.default_rng(seed)
+    protos = g.uniform(0, 255, (num_classes, 4, 4, 3))
+    protos = np.kron(protos, np.ones((size // 4, size // 4, 1)))  # C, size, size, 3
+
+    def make(n, rng):
+        y = np.repeat(np.arange(num_classes), n)
+        x = protos[y] + rng.normal(0, 40, (len(y), size, size, 3))
+        shift = rng.integers(-3, 4, (len(y), 2))
+        x = np.stack([np.roll(img, tuple(s), axis=(0, 1)) for img, s in zip(x, shift)])
+        # interleave classes like the CIFAR array format (position i holds class i % C)
+        perm = np.arange(len(y)).reshape(num_classes, n).T.reshape(-1)
+        return np.clip(x, 0, 255).astype(np.uint8)[perm], y[perm]
+
+    tr, tr_y = make(train_per_class, np.random.default_rng(seed + 1))
+    te, te_y = make(test_per_class, np.random.default_rng(seed + 2))
+    return tr, tr_y, te, te_y, [f"class{c}" for c in range(num_classes)], f"synthetic(seed={seed})"
+
+
+def _first_per_class(labels: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices keeping the first k samples of each class, in dataset order."""
+    if k is None:
+        return np.arange(len(labels))
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:k]] = True
+    return np.flatnonzero(keep)
+
+
+def load_dataset(config: Config) -> Dataset:
+    """Load config.dataset, apply the class order and the per-class reductions of the config,
+    and map labels to class-order positions (phase t then holds a contiguous label range)."""
+    root = data_root(config)
+    if config.dataset == "synthetic":
+        n = config.num_classes or 10
+        raw = synthetic_data(n, config.train_per_class or 50, config.test_per_class or 20)
+    elif config.dataset == "cifar100":
+        raw = load_cifar100(root)
+    elif config.dataset == "tiny_imagenet":
+        raw = load_tiny_imagenet(root)
+    elif config.dataset in ("imagenet", "imagenet_subset"):
+        raw = load_imagenet_folder(root)
+    else:
+        raise ConfigError(f"unknown dataset '{config.dataset}'")
+    tr, tr_y, te, te_y, names, source = raw
+    total = len(names)
+    order = class_order(total, config.class_order_seed)
+    if config.dataset == "imagenet_subset":
+        # ImageNet-Subset: 100 classes drawn with seed 1993 (the first 100 of that order),
+        # then ordered by the class-order seed like any other dataset.
+        subset = sorted(class_order(total, 1993)[:100])
+        order = [subset[i] for i in class_order(100, config.class_order_seed)]
+    n = config.num_classes or len(order)
+    if n > len(order):
+        raise ConfigError(f"num_classes={n} but {config.dataset} has {len(order)} classes")
+    order = order[:n]
+    position = np.full(total, -1, dtype=np.int64)
+    position[order] = np.arange(n)
+
+    def select(x, y, per_class):
+        keep = np.flatnonzero(position[y] >= 0)
+        keep = keep[_first_per_class(y[keep], per_class)]
+        labels = torch.from_numpy(position[y[keep]])
+        if isinstance(x, np.ndarray):
+            mean, std = (CIFAR_MEAN, CIFAR_STD)
+            return ArrayImages(x[keep], mean, std), labels
+        return EncodedImages([x[i] for i in keep], config.image_size), labels
+
+    train, train_labels = select(tr, tr_y, config.train_per_class)
+    test, test_labels = select(te, te_y, config.test_per_class)
+    return Dataset(config.dataset, train, train_labels, test, test_labels,
+                   [names[c] for c in order], order, source)

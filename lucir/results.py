@@ -1,0 +1,136 @@
+"""Tidy outputs of a run, written atomically and read back: config.json, metrics.json,
+metrics.csv (long format), confusion matrices, weight norms and per-phase checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config, ConfigError, config_from_dict
+
+# Fields that change how a run is executed, not what it computes.
+RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename into place: a file that exists is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=_jsonable)))
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, (tuple, np.ndarray)):
+        return list(v)
+    raise TypeError(f"not JSON serialisable: {type(v)}")
+
+
+def prepare_out_dir(out_dir: Path, config: Config) -> None:
+    """Write config.json, or check that the one there describes the same run."""
+    path = Path(out_dir) / "config.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        current = config.to_dict()
+        diff = sorted(k for k in set(stored) | set(current)
+                      if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
+        if diff:
+            raise ConfigError(f"'{out_dir}' holds a run with a different config (fields differ: "
+                              f"{', '.join(diff)}); use another --out")
+    write_json(path, config.to_dict())
+
+
+def load_config(out_dir) -> Config:
+    return config_from_dict(json.loads((Path(out_dir) / "config.json").read_text()))
+
+
+def load_metrics(out_dir) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())
+
+
+def is_complete(out_dir) -> bool:
+    path = Path(out_dir) / "metrics.json"
+    try:
+        return bool(json.loads(path.read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def metrics_long(metrics: dict) -> pd.DataFrame:
+    """One row per phase, classifier and metric (the long format of metrics.csv)."""
+    rows = []
+    for p in metrics["phases"]:
+        for clf in ("cnn", "nme"):
+            for metric in ("acc", "acc_old", "acc_new"):
+                value = p.get(f"{metric}_{clf}")
+                rows.append({"phase": p["phase"], "classes_seen": p["classes_seen"], "classifier": clf,
+                             "metric": metric, "value": value})
+    return pd.DataFrame(rows, columns=["phase", "classes_seen", "classifier", "metric", "value"])
+
+
+def write_metrics(out_dir: Path, metrics: dict) -> None:
+    write_json(Path(out_dir) / "metrics.json", metrics)
+    atomic_write(Path(out_dir) / "metrics.csv", lambda p: metrics_long(metrics).to_csv(p, index=False))
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    atomic_write(path, write)
+
+
+def save_npz(path: Path, **arrays) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(path, write)
+
+
+def checkpoint_path(out_dir, phase: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"phase_{phase}.pt"
+
+
+def save_checkpoint(out_dir, phase: int, state: dict) -> None:
+    atomic_write(checkpoint_path(out_dir, phase), lambda p: torch.save(state, p))
+
+
+def latest_checkpoint(out_dir) -> dict | None:
+    """The state of the last complete phase, or None to start from the beginning."""
+    folder = Path(out_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    phases = sorted((int(p.stem.split("_")[1]) for p in folder.glob("phase_*.pt")), reverse=True)
+    for t in phases:
+        try:
+            return torch.load(checkpoint_path(out_dir, t), map_location="cpu", weights_only=False)
+        except Exception:  # an unreadable file is skipped; the phase is trained again
+            continue
+    return None
+
+
+def load_run(out_dir) -> dict:
+    """Everything a notebook needs from one finished run: config, metrics, long table."""
+    out_dir = Path(out_dir)
+    metrics = load_metrics(out_dir)
+    return {"config": json.loads((out_dir / "config.json").read_text()), "metrics": metrics,
+            "table": pd.read_csv(out_dir / "metrics.csv")}
