@@ -118,8 +118,8 @@ PRESETS: dict[str, dict] = {
     "cn_lc_is": {},
     "cn_lc_is_cbf": dict(class_balanced_finetune=True),
     # LUCIR on the synthetic dataset, 2 incremental phases: seconds on a CPU.
-    "smoke": dict(dataset="synthetic", num_classes=10, base_classes=4, phases=2, epochs=8,
-                  lr_milestones=(6,), batch_size=32, memory_per_class=5, train_per_class=40,
+    "smoke": dict(dataset="synthetic", num_classes=10, base_classes=4, phases=2, epochs=12,
+                  lr_milestones=(9,), batch_size=32, memory_per_class=10, train_per_class=40,
                   test_per_class=20, cbf_epochs=2, cbf_lr_milestones=(1,)),
 }
 

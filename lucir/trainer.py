@@ -269,7 +269,7 @@ def run_incremental(config: Config, out_dir) -> dict:
             class_balanced_finetune(model, data, memory, c, device, gen, t)
         row, confusion = evaluate(model, data, memory, ranges[: t + 1], c, device)
         history.append({"phase": t, "classes_seen": classes.stop, "new_classes": len(classes), **row,
-                        "lambda": lam, "eta": float(model.head.eta) if model.cosine else None,
+                        "lambda": lam, "eta": float(model.head.eta.detach()) if model.cosine else None,
                         "exemplars": sum(len(v) for v in memory.values()), "seconds": time.time() - tic})
         res.save_array(out / f"confusion_phase{t}.npy", confusion["cnn"])
         res.save_array(out / f"confusion_nme_phase{t}.npy", confusion["nme"])
