@@ -1,0 +1,132 @@
+"""Throughput and memory of the training pipeline; prints its figures (not a test).
+
+    python benchmarks/throughput.py [--device cpu|cuda] [--batches 20] [--data /path/to/cifar100]
+
+Measures, on the given device:
+  1. the bare ResNet-32 training step (cosine head, cross-entropy, SGD) on random tensors;
+  2. the bare forward pass of a frozen copy (eval mode, no grad) on random tensors;
+  3. one real LUCIR incremental training step through the real pipeline: a CIFAR-100 batch
+     gathered from the uint8 array data, augmentation on the device, old-model forward, the
+     three losses of Eq. 9 and the optimiser step (lucir.trainer.train_epochs itself);
+and the ratio of 3 to the bound the bare parts allow, 1 / (1/train + 1/forward).
+Then the peak resident memory of a real CIFAR-100 run (all 100 classes loaded, B50 + 1
+phase, one epoch per phase) in a child process.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from lucir import make_config
+from lucir.data import load_dataset
+from lucir.models import add_classes, build_model
+from lucir.trainer import resolve_device, train_epochs
+
+
+def timed(fn, steps: int, warmup: int, device) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - tic
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
+    ap.add_argument("--data", default=os.environ.get("LUCIR_DATA", "../shared/data/cifar100"))
+    ap.add_argument("--skip-memory", action="store_true", help="skip the peak-memory run")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    bs, n = 128, args.batches
+    cfg = make_config("lucir", data_dir=args.data, progress=False, device=str(device))
+
+    # the incremental-phase model: 50 old classes (fixed), 10 new, as in B50 + 5 phases
+    model = build_model("resnet32", 50, True, False).to(device=device, memory_format=torch.channels_last)
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    add_classes(model, 10)
+    model.head.old_weight.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 60, (bs,), device=device)
+
+    def train_step():
+        loss = torch.nn.functional.cross_entropy(model(x).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def frozen_forward():
+        with torch.no_grad():
+            old(x)
+
+    model.train()
+    t_train = timed(train_step, n, 3, device)
+    t_fwd = timed(frozen_forward, n, 3, device)
+    train_ips, fwd_ips = n * bs / t_train, n * bs / t_fwd
+    bound = 1 / (1 / train_ips + 1 / fwd_ips)
+
+    # the real step: lucir.trainer.train_epochs over n batches of real CIFAR-100 images
+    tic = time.perf_counter()
+    data = load_dataset(cfg)
+    load_s = time.perf_counter() - tic
+    idx = torch.nonzero(data.train_labels < 60).flatten()[: (n + 3) * bs]
+    gen = torch.Generator().manual_seed(0)
+    warm = idx[: 3 * bs]
+    run = lambda ids: train_epochs(model, old, data, ids, cfg, params, 1, 0.1, (), 50, 5.0, device, gen,  # noqa: E731
+                                   desc="bench")
+    run(warm)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    run(idx[3 * bs:])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    real_ips = n * bs / (time.perf_counter() - tic)
+
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, batch {bs}")
+    print(f"CIFAR-100 load (array format, decompress + class order): {load_s:.1f} s")
+    print(f"bare ResNet-32 training step:        {train_ips:8.0f} images/s")
+    print(f"bare frozen forward (old model):     {fwd_ips:8.0f} images/s")
+    print(f"bound from the bare parts:           {bound:8.0f} images/s")
+    print(f"real LUCIR incremental step:         {real_ips:8.0f} images/s")
+    print(f"real / bound:                        {real_ips / bound:8.1%}  (target >= 90%)")
+
+    if args.skip_memory:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = dict(data_dir=args.data, phases=1, epochs=1, base_epochs=1, lr_milestones="", progress="false",
+                         device=str(device), cache_base="false", cache_dir=tmp)
+        cmd = [sys.executable, "-m", "lucir", "run", "--preset", "lucir", "--out", os.path.join(tmp, "run")]
+        for k, v in overrides.items():
+            cmd += ["--set", f"{k}={v}"]
+        tic = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        m = json.load(open(os.path.join(tmp, "run", "metrics.json")))
+    print(f"CIFAR-100 run (100 classes, B50 + 1 phase, 1 epoch each): {time.perf_counter() - tic:.0f} s, "
+          f"peak resident memory {peak_kb / 2**20:.2f} GB (target < 3 GB); "
+          f"final accuracy CNN {m['final_accuracy_cnn']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
