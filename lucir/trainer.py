@@ -88,10 +88,10 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
         model.train()
         if frozen_backbone:
             model.backbone.eval()
-        sums: dict = {}
-        correct = seen = 0
+        sums: dict = {}  # running sums stay on the device: no host sync inside the batch loop
+        correct = torch.zeros((), device=device)
         perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        for b, batch in enumerate(perm.split(c.batch_size)):
+        for batch in perm.split(c.batch_size):
             x = data.train.batch(batch, device, train=True, generator=generator)
             y = labels[batch].to(device)
             out = model(x)
@@ -101,18 +101,19 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
                     old = old_model(x)
             terms = batch_loss(c, out, old, y, n_old, lam)
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} in {desc}, epoch {epoch + 1}, batch {b + 1}; "
-                                       f"checkpoints of finished phases are kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
-            correct += int((out.logits.argmax(1) == y).sum())
-            seen += len(batch)
+                sums[k] = sums.get(k, 0.0) + v.detach() * len(batch)
+            correct += (out.logits.argmax(1) == y).sum()
         sched.step()
-        summary = {k: v / seen for k, v in sums.items()} | {"train_acc": correct / seen}
+        summary = {k: float(v) / len(perm) for k, v in sums.items()}
+        bad = [k for k, v in summary.items() if not np.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(f"loss term {', '.join(bad)} became {summary[bad[0]]} in {desc}, epoch "
+                                   f"{epoch + 1}; checkpoints of finished phases are kept")
+        summary["train_acc"] = float(correct) / len(perm)
         bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()}, refresh=False)
     bar.close()
     return summary
@@ -236,6 +237,7 @@ def run_incremental(config: Config, out_dir) -> dict:
         torch.backends.cudnn.benchmark = True
     data = load_dataset(c)
     ranges = phase_classes(phase_sizes(len(data.class_names), c.base_classes, c.phases))
+    torch.manual_seed(phase_seed(c.seed, 0))  # the run seed sets the initialisation
     model = build_model(c.resolved_model, len(ranges[0]), c.cosine_normalization, c.resolved_last_relu, c.eta_init)
     memory: dict = {}
     history: list = []
