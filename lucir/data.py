@@ -11,6 +11,7 @@ import io
 import json
 import lzma
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -190,7 +191,7 @@ def load_cifar100(root: Path):
             names = json.loads((arr / "classes.json").read_text())["fine_label_names"]
         except DataError:
             raise
-        except (OSError, EOFError, ValueError, KeyError, lzma.LZMAError) as e:
+        except (OSError, EOFError, ValueError, KeyError, lzma.LZMAError, zipfile.BadZipFile) as e:
             raise DataError(f"CIFAR-100 data in '{arr}' is corrupt or incomplete ({type(e).__name__}: {e}); "
                             f"check it with 'sha256sum -c SHA256SUMS'") from None
         if len(train_x) != len(train_y) or len(test_x) != len(test_y):
@@ -226,7 +227,7 @@ def load_tiny_imagenet(root: Path):
             b, o = z["jpeg_bytes"], z["offsets"]
             out.append(([b[o[i]:o[i + 1]].tobytes() for i in range(len(o) - 1)], z["labels"].astype(np.int64)))
         names = json.loads((d / "classes.json").read_text())["class_names"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(f"Tiny-ImageNet data in '{d}' is corrupt or incomplete ({type(e).__name__}: {e})") from None
     (tr, tr_y), (te, te_y) = out
     return tr, tr_y, te, te_y, names, f"array format at {d}"

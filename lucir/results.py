@@ -32,7 +32,19 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=_jsonable)))
+    """Strict JSON: NaN (an accuracy over no samples) is written as null."""
+    text = json.dumps(_nan_to_none(obj), indent=2, default=_jsonable, allow_nan=False)
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def _nan_to_none(v):
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_none(x) for x in v]
+    return v
 
 
 def _jsonable(v):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import losses
 from . import results as res
-from .config import Config, phase_sizes
+from .config import Config, ConfigError, phase_sizes
 from .data import Dataset, data_root, load_dataset, phase_classes
 from .memory import class_means, exemplars_per_class, herding, nme_predict
 from .metrics import (accuracy, average_incremental_accuracy, confusion_matrix, forgetting,
@@ -35,8 +35,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' asked for, but CUDA is not available here")
-    return torch.device(name)
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
 
 def phase_seed(seed: int, phase: int) -> int:
@@ -237,6 +240,9 @@ def run_incremental(config: Config, out_dir) -> dict:
         torch.backends.cudnn.benchmark = True
     data = load_dataset(c)
     ranges = phase_classes(phase_sizes(len(data.class_names), c.base_classes, c.phases))
+    if c.memory_total is not None and c.memory_total < ranges[-1].stop:
+        raise ConfigError(f"memory budget memory_total (R_total) = {c.memory_total} is below the "
+                          f"{ranges[-1].stop} classes; it must hold at least one exemplar per class")
     torch.manual_seed(phase_seed(c.seed, 0))  # the run seed sets the initialisation
     model = build_model(c.resolved_model, len(ranges[0]), c.cosine_normalization, c.resolved_last_relu, c.eta_init)
     memory: dict = {}
