@@ -1,0 +1,111 @@
+"""Published numbers and the paper's claims, to put beside ours (never used as measurements).
+
+Transcribed from the project's reference page (SPEC.md, "Published numbers to put beside
+ours"), which copies them from the paper (Fig. 9), from PODNet's Table 1 (the paper's numbers)
+and from PODNet's re-run over 3 class orders. Accuracies are in percent.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .config import Config, make_config
+
+# Average incremental accuracy (%), CIFAR-100, 50 base classes: (source, curve, phases, mean, std).
+# "iCaRL" is one number in both sources; iCaRL classifies by nearest mean of exemplars, so we put
+# it beside our iCaRL-NME.
+AVERAGE_INCREMENTAL_ACCURACY = [
+    ("paper (PODNet Table 1)", "LUCIR-CNN", 5, 63.42, None),
+    ("paper (PODNet Table 1)", "LUCIR-CNN", 10, 60.18, None),
+    ("paper (PODNet Table 1)", "LUCIR-NME", 5, 63.12, None),
+    ("paper (PODNet Table 1)", "LUCIR-NME", 10, 60.12, None),
+    ("paper (PODNet Table 1)", "iCaRL-NME", 5, 57.17, None),
+    ("paper (PODNet Table 1)", "iCaRL-NME", 10, 52.57, None),
+    ("PODNet re-run, 3 orders", "LUCIR-CNN", 5, 64.01, 0.91),
+    ("PODNet re-run, 3 orders", "LUCIR-CNN", 10, 61.22, 0.69),
+    ("PODNet re-run, 3 orders", "LUCIR-CNN", 25, 57.57, 0.23),
+    ("PODNet re-run, 3 orders", "LUCIR-NME", 5, 63.63, None),
+    ("PODNet re-run, 3 orders", "LUCIR-NME", 10, 60.83, None),
+    ("PODNet re-run, 3 orders", "LUCIR-NME", 25, 56.82, None),
+    ("PODNet re-run, 3 orders", "iCaRL-NME", 5, 58.08, None),
+    ("PODNet re-run, 3 orders", "iCaRL-NME", 10, 53.78, None),
+    ("PODNet re-run, 3 orders", "iCaRL-NME", 25, 50.60, None),
+]
+
+# Final top-1 accuracy (%) on all 100 classes, CIFAR-100 B50 + 1 phase (the paper's Fig. 9).
+FINAL_ACCURACY_ONE_PHASE = {"iCaRL-CNN": 51.80, "iCaRL-NME": 59.13, "LUCIR-NME": 60.21, "LUCIR-CNN": 62.34}
+
+# What each figure of the paper claims (Sec. 4), in the paper's words where short.
+CLAIMS = {
+    "main_curves": "Fig. 5 and 6: LUCIR outperforms iCaRL by a large margin, in the accuracy curve "
+                   "and in the average incremental accuracy; with 10 phases the final accuracy of "
+                   "LUCIR-CNN beats iCaRL-NME by more than 6 points on CIFAR-100; LUCIR-CNN is better "
+                   "than or comparable to LUCIR-NME.",
+    "component_ablation": "Fig. 7a (CIFAR-100, 5 phases): each component (CN, LC, IS) contributes; "
+                          "CBF has a relatively small effect on CIFAR-100.",
+    "exemplar_count": "Fig. 7b (CIFAR-100, 5 phases): the more samples reserved, the better for both "
+                      "iCaRL and LUCIR, and LUCIR is above iCaRL for every number of samples.",
+    "adaptive_weight": "Fig. 8 (CIFAR-100, 5 and 10 phases): the adaptive weight of Eq. 7 helps, "
+                       "more so for long sequences of classes.",
+    "confusion_matrices": "Fig. 9 (CIFAR-100, 1 phase): iCaRL-CNN tends to classify samples into new "
+                          "classes; the last three methods mitigate this and LUCIR-CNN is best "
+                          "(51.80, 59.13, 60.21, 62.34 %).",
+    "weight_norms": "Fig. 3 (CIFAR-100, 1 phase, iCaRL): the weights and biases of the new classes are "
+                    "larger than those of the old classes; cosine normalisation removes the bias and "
+                    "the effect of the magnitudes.",
+}
+
+# The paper's settings per dataset (Sec. 4.1): the reference for "how this study differs".
+_IMAGENET = dict(lambda_base=10.0, weight_decay=1e-4, epochs=90, lr_milestones=(30, 60))
+
+
+def paper_config(dataset: str = "cifar100") -> Config:
+    """The paper's LUCIR config for `dataset` (CIFAR-100 defaults; ImageNet: Sec. 4.1)."""
+    if dataset in ("imagenet", "imagenet_subset"):
+        return make_config("lucir", dataset=dataset, **_IMAGENET)
+    return make_config("lucir", dataset=dataset)
+
+
+def average_accuracy_table() -> pd.DataFrame:
+    """The published average incremental accuracies as a tidy table."""
+    return pd.DataFrame(AVERAGE_INCREMENTAL_ACCURACY,
+                        columns=["source", "curve", "phases", "published", "published_std"])
+
+
+# Fields that describe the setting (data, schedule, loss hyperparameters), not the method or the
+# run: the study's profiles reduce some of these, and the report lists each difference.
+SETTING_FIELDS = ("num_classes", "base_classes", "train_per_class", "test_per_class", "image_size", "model",
+                  "eta_init", "imprint", "lambda_base", "lambda_direction", "K", "margin", "temperature",
+                  "memory_total", "epochs", "lr", "lr_milestones", "lr_gamma", "batch_size", "momentum",
+                  "weight_decay", "base_epochs", "base_lr_milestones", "cbf_epochs", "cbf_lr", "cbf_lr_milestones",
+                  "nme_flip")
+
+
+def setting_differences(values: dict, dataset: str | None = None) -> dict:
+    """{field: (ours, paper)} for the setting fields of a config dict that differ from the paper.
+    base_epochs / base_lr_milestones equal to None mean "as epochs / lr_milestones"."""
+    dataset = dataset or values.get("dataset", "cifar100")
+    paper = paper_config(dataset).to_dict()
+    resolved = dict(values)
+    for name, fallback in (("base_epochs", "epochs"), ("base_lr_milestones", "lr_milestones")):
+        for d in (resolved, paper):
+            if d.get(name) is None:
+                d[name] = d.get(fallback)
+    out = {}
+    for name in SETTING_FIELDS:
+        ours, ref = resolved.get(name, paper.get(name)), paper.get(name)
+        if isinstance(ours, tuple):
+            ours = list(ours)
+        if isinstance(ref, tuple):
+            ref = list(ref)
+        if ours != ref:
+            out[name] = (shown(name, ours), shown(name, ref))
+    return out
+
+
+def shown(name: str, value):
+    """A config value as the report shows it: None spelled out where it has a meaning."""
+    if value is None and name in ("num_classes", "train_per_class", "test_per_class"):
+        return "all"
+    if value is None and name in ("base_epochs", "base_lr_milestones"):
+        return "as " + name[len("base_"):]
+    return value

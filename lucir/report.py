@@ -1,0 +1,461 @@
+"""The sections of the report notebook. They read only tidy result files: the study record
+(results_dir/study/study.json, written by lucir.study), the experiments' tables
+(results_dir/tables/<experiment>/<setting>.csv) and the runs' own files; nothing is re-run.
+Each section displays markdown, figures and tables in order; a missing experiment is "not run".
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
+from IPython.display import HTML, Markdown, display
+
+from . import experiments as ex
+from . import plots, published
+from .provenance import REPO_ROOT
+
+NAMES = {"main_curves": "Main curves (Fig. 5, Fig. 6)", "component_ablation": "Component ablation (Fig. 7a)",
+         "exemplar_count": "Number of exemplars (Fig. 7b)", "adaptive_weight": "Adaptive weight (Fig. 8)",
+         "confusion_matrices": "Confusion matrices (Fig. 9)", "weight_norms": "Weight norms (Fig. 3)"}
+CSS = """<style>
+body, .jp-Notebook { max-width: 1180px; margin: 0 auto !important; }
+.jp-RenderedHTMLCommon table.report { border-collapse: collapse; margin: 0.4em 0 1.2em 0; font-size: 12.5px; }
+.jp-RenderedHTMLCommon table.report th { background: #eef1f5; text-align: left; padding: 3px 8px; }
+.jp-RenderedHTMLCommon table.report td { padding: 2px 8px; text-align: left; vertical-align: top; }
+.jp-RenderedHTMLCommon table.report td.num { text-align: right; font-variant-numeric: tabular-nums;
+  white-space: nowrap; }
+.jp-RenderedHTMLCommon table.report td.nowrap { white-space: nowrap; }
+.claim { border-left: 4px solid #7f7f7f; background: #f6f6f6; padding: 6px 10px; margin: 6px 0 10px 0; }
+.verdict-no { color: #b00020; font-weight: 600; } .verdict-yes { color: #1b7f3a; font-weight: 600; }
+.notrun { border-left: 4px solid #e0a800; background: #fff8e1; padding: 6px 10px; }
+.failed { border-left: 4px solid #b00020; background: #fdecee; padding: 6px 10px; }
+.jp-OutputArea-output img { max-width: 100%; height: auto; }
+</style>"""
+
+
+# --------------------------------------------------------------------------- reading
+def load_study(results_dir) -> dict | None:
+    path = ex.resolve_results_dir(results_dir) / "study" / "study.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def study_pairs(study: dict | None, experiment: str) -> list[dict]:
+    return [p for p in (study or {}).get("pairs", []) if p["notebook"] == experiment]
+
+
+def tables(results_dir, experiment: str) -> pd.DataFrame:
+    """The experiment's tables: those the study completed, or every table when there is no study record."""
+    study = load_study(results_dir)
+    if study is None:
+        return ex.read_tables(results_dir, experiment)
+    settings = [p["setting"] for p in study_pairs(study, experiment) if p["status"] in ("done", "complete earlier")]
+    return ex.read_tables(results_dir, experiment, settings)
+
+
+def all_tables(results_dir) -> pd.DataFrame:
+    frames = [tables(results_dir, e) for e in ex.EXPERIMENTS]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ex.TABLE_COLUMNS)
+
+
+# --------------------------------------------------------------------------- display helpers
+def show(fig) -> None:
+    display(fig)
+    plt.close(fig)
+
+
+def show_table(df: pd.DataFrame, digits: int = 2) -> None:
+    """A plain HTML table: numbers right-aligned with `digits` decimals, missing values as a dash."""
+    def cell(v):
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            return '<td class="num">—</td>'
+        if isinstance(v, (bool, np.bool_)):
+            return f"<td>{'yes' if v else 'no'}</td>"
+        if isinstance(v, (float, np.floating)):
+            return f'<td class="num">{v:.{digits}f}</td>'
+        if isinstance(v, (int, np.integer)):
+            return f'<td class="num">{v}</td>'
+        text = str(v)
+        attr = ' class="nowrap"' if len(text) <= 24 else ""
+        return f"<td{attr}>{html.escape(text)}</td>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in df.itertuples(index=False))
+    display(HTML(f'<table class="report"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'))
+
+
+def md(text: str) -> None:
+    display(Markdown(text))
+
+
+def box(text: str, kind: str = "claim") -> None:
+    display(HTML(f'<div class="{kind}">{text}</div>'))
+
+
+def _yes(ok: bool) -> str:
+    return '<span class="verdict-yes">yes</span>' if ok else '<span class="verdict-no">no</span>'
+
+
+def setup() -> None:
+    plots.setup()
+    display(HTML(CSS))
+
+
+# --------------------------------------------------------------------------- the top
+def _reductions(runs: pd.DataFrame) -> list[str]:
+    """'field: ours (paper: value)' for every setting field any run changes from the paper."""
+    lines, seen = [], set()
+    for _, row in runs.iterrows():
+        for name, (ours, paper) in published.setting_differences(row.config).items():
+            text = f"`{name}` = {ours} (paper: {paper})"
+            key = (row.config.get("dataset"), text)
+            if key not in seen:
+                seen.add(key)
+                lines.append(f"{plots.DATASET_NAMES.get(key[0], key[0])}: {text}")
+    return lines
+
+
+def runs_table(results_dir) -> pd.DataFrame:
+    """Every run behind the study's tables: its config, metrics summary and wall time."""
+    t = all_tables(results_dir)
+    rows = []
+    for run_dir, group in t.groupby("run_dir"):
+        folder = Path(run_dir)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        rows.append({"run": folder.name, "dataset": config["dataset"], "phases": config["phases"],
+                     "seed": config["seed"], "used as": ", ".join(sorted(set(
+                         (group.method + " " + group.variant.fillna("")).str.strip()))),
+                     "experiments": ", ".join(sorted(set(group.experiment))),
+                     "avg CNN": 100 * metrics["avg_incremental_accuracy_cnn"],
+                     "avg NME": 100 * metrics["avg_incremental_accuracy_nme"],
+                     "train seconds": metrics["train_seconds"],
+                     "seconds per phase": " ".join(f"{p['seconds']:.0f}" for p in metrics["phases"]),
+                     "complete": metrics.get("complete"), "config": config})
+    return pd.DataFrame(rows)
+
+
+def verdict(results_dir) -> list[tuple[str, float, float]]:
+    """(setting, LUCIR-CNN, iCaRL-CNN) average incremental accuracies of every main-curve setting."""
+    t = tables(results_dir, "main_curves")
+    if t.empty:
+        return []
+    avg = ex.average_accuracy(t, ["setting", "phases", "curve"])
+    wide = avg.pivot_table(index=["setting", "phases"], columns="curve", values="ours")
+    if not {"LUCIR-CNN", "iCaRL-CNN"} <= set(wide.columns):
+        return []
+    return [(f"{s}, {p} phase{'s' if p != 1 else ''}", r["LUCIR-CNN"], r["iCaRL-CNN"]) for (s, p), r in wide.iterrows()]
+
+
+def header(results_dir) -> None:
+    """Profile, dates, the headline comparison and the reductions from the paper's setting."""
+    setup()
+    study = load_study(results_dir)
+    prov = (study or {}).get("provenance", {})
+    git = prov.get("git", {})
+    if study:
+        md(f"**Profile:** `{study['profile']}` ({study['profile_path']}). {study.get('description', '')}\n\n"
+           f"**Last invocation** started {study['started']}, finished {study.get('finished') or 'not finished'}; "
+           f"**commit** `{(git.get('commit') or 'unknown')[:12]}`"
+           f"{' (with uncommitted changes)' if git.get('dirty') else ''}; "
+           f"**device** {_device_text(prov.get('device', {}))}.")
+    else:
+        md("**No study record** (results/study/study.json): the notebooks were run by hand; "
+           "every table found is shown.")
+    rows = verdict(results_dir)
+    if not rows:
+        box("The main curves were not run, so there is no headline comparison of LUCIR and iCaRL.", "notrun")
+    else:
+        below = [r for r in rows if not r[1] > r[2]]
+        text = "; ".join(f"{s}: LUCIR-CNN {a:.2f} vs iCaRL-CNN {b:.2f}" for s, a, b in rows)
+        if below:
+            box(f'<span class="verdict-no">LUCIR-CNN does not come out above iCaRL-CNN</span> in '
+                f"{len(below)} of {len(rows)} main-curve settings (average incremental accuracy, %): "
+                f"{html.escape(text)}.",
+                "failed")
+        else:
+            box(f'<span class="verdict-yes">LUCIR-CNN comes out above iCaRL-CNN</span> in every main-curve setting '
+                f"(average incremental accuracy, %): {html.escape(text)}.")
+    runs = runs_table(results_dir)
+    reductions = _reductions(runs)
+    if runs.empty:
+        md("No runs yet.")
+    elif reductions:
+        md("**This study is reduced from the paper's setting**, so its numbers are not a test of the "
+           "published ones:\n\n"
+           + "\n".join(f"- {r}" for r in reductions))
+    else:
+        md("Every run uses the paper's setting (data, schedule, hyperparameters).")
+
+
+def _device_text(device: dict) -> str:
+    if not device:
+        return "unknown"
+    return f"{device.get('gpu') or 'no GPU'}; CPU {device.get('cpu')} ({device.get('cpu_cores')} cores)"
+
+
+# --------------------------------------------------------------------------- settings
+def settings_section(results_dir) -> None:
+    """The profile's shared overrides and parameter sets beside the paper profile's."""
+    study = load_study(results_dir)
+    paper_path = REPO_ROOT / "studies" / "paper.yaml"
+    paper = yaml.safe_load(paper_path.read_text()) if paper_path.exists() else {"notebooks": {}}
+    if study:
+        shared = study.get("shared") or {}
+        md("Config fields set for every run by the profile (`shared`):")
+        paper_values = published.paper_config().to_dict()
+        show_table(pd.DataFrame([{"field": k, "this study": str(v), "paper (config default)":
+                                  str(published.shown(k, paper_values.get(k)))} for k, v in shared.items()])
+                   if shared else pd.DataFrame({"field": ["(none: the config defaults, the paper's setting)"]}))
+    md("Parameter sets of each notebook (one line each), beside those of the `paper` profile (studies/paper.yaml):")
+    ours_name = study["profile"] if study else "this study"
+    rows = []
+    for notebook in ex.EXPERIMENTS:
+        ours = (study or {}).get("notebooks", {}).get(notebook) or []
+        ran = {p["setting"] for p in study_pairs(study, notebook)}
+        for entry in ours:
+            status = "" if entry.get("setting", "") in ran or not ran else " (not selected)"
+            rows.append({"notebook": notebook, "profile": ours_name + (status if ran else " (not run)"),
+                         "parameter set": _params_text(entry)})
+        for entry in paper.get("notebooks", {}).get(notebook, []):
+            rows.append({"notebook": notebook, "profile": "paper", "parameter set": _params_text(entry)})
+    show_table(pd.DataFrame(rows))
+
+
+def _params_text(entry: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in entry.items())
+
+
+# --------------------------------------------------------------------------- experiment sections
+def _status(results_dir, experiment: str) -> pd.DataFrame | None:
+    """The experiment's table, or None after saying why there is none."""
+    study = load_study(results_dir)
+    for p in study_pairs(study, experiment):
+        if p["status"] == "failed":
+            box(f"<b>Failed</b>: {html.escape(experiment)} / {html.escape(p['setting'])}: "
+                f"{html.escape(p.get('error', ''))}<br>executed notebook: {html.escape(p.get('executed', ''))}",
+                "failed")
+    t = tables(results_dir, experiment)
+    if t.empty:
+        box(f"<b>Not run</b> in this study: no table in results/tables/{experiment}/.", "notrun")
+        return None
+    reduced = bool(t.reduced.any())
+    box(f"<b>The paper:</b> {html.escape(published.CLAIMS[experiment])}"
+        + ("<br><i>Our setting is reduced (see the top), so compare trends, not values.</i>" if reduced else ""))
+    return t
+
+
+def _checks(rows: list[tuple[str, str, bool]]) -> None:
+    display(HTML('<table class="report"><tr><th>check of the claim</th><th>ours</th><th>holds</th></tr>'
+                 + "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(v)}</td><td>{_yes(ok)}</td></tr>"
+                           for c, v, ok in rows) + "</table>"))
+
+
+def main_curves_section(results_dir) -> None:
+    t = _status(results_dir, "main_curves")
+    if t is None:
+        return
+    for setting, part in t.groupby("setting"):
+        show(plots.main_curves(part))
+    avg = ex.average_accuracy(t, ["setting", "phases", "curve"]).pivot_table(
+        index=["setting", "phases"], columns="curve", values="ours")
+    final = ex.final_accuracy(t, ["setting", "phases", "curve"]).pivot_table(
+        index=["setting", "phases"], columns="curve", values="ours")
+    rows = []
+    for (s, p), r in avg.iterrows():
+        where = f"{s}, {p} phase{'s' if p != 1 else ''}"
+        if {"LUCIR-CNN", "iCaRL-CNN", "iCaRL-NME"} <= set(r.index):
+            rows.append((f"{where}: avg. LUCIR-CNN > iCaRL-CNN", f"{r['LUCIR-CNN']:.2f} vs {r['iCaRL-CNN']:.2f}",
+                         r["LUCIR-CNN"] > r["iCaRL-CNN"]))
+            rows.append((f"{where}: avg. LUCIR-CNN > iCaRL-NME", f"{r['LUCIR-CNN']:.2f} vs {r['iCaRL-NME']:.2f}",
+                         r["LUCIR-CNN"] > r["iCaRL-NME"]))
+        if "LUCIR-NME" in r.index:
+            rows.append((f"{where}: avg. LUCIR-CNN above LUCIR-NME or within 1 point",
+                         f"{r['LUCIR-CNN']:.2f} vs {r['LUCIR-NME']:.2f}",
+                         r["LUCIR-CNN"] >= r["LUCIR-NME"] - 1))
+        f = final.loc[(s, p)]
+        if p >= 10 and {"LUCIR-CNN", "iCaRL-NME"} <= set(f.index):
+            rows.append((f"{where}: final LUCIR-CNN - iCaRL-NME > 6", f"{f['LUCIR-CNN'] - f['iCaRL-NME']:.2f}",
+                         f["LUCIR-CNN"] - f["iCaRL-NME"] > 6))
+    _checks(rows)
+    md("Average incremental accuracy (%), ours (mean and std over runs) beside the published numbers "
+       "(CIFAR-100, 50 base classes, 5 and 10 phases only):")
+    show_table(ex.main_curves_summary(t).drop(columns=["dataset"]).rename(columns={"ours_std": "ours std"}))
+
+
+def component_ablation_section(results_dir) -> None:
+    t = _status(results_dir, "component_ablation")
+    if t is None:
+        return
+    show(plots.component_ablation(t))
+    cnn = t[t.classifier == "CNN"]
+    avg = ex.average_accuracy(cnn, ["method"]).set_index("method")["ours"]
+    order = [m for m, _ in ex.ABLATION_ROWS if m in avg.index]
+    rows = [(f"avg. {b} > {a}", f"{avg[b]:.2f} vs {avg[a]:.2f}", avg[b] > avg[a]) for a, b in zip(order, order[1:3])]
+    if "CN+LC+IS+CBF" in avg.index and "CN+LC+IS" in avg.index:
+        d = avg["CN+LC+IS+CBF"] - avg["CN+LC+IS"]
+        rows.append(("CBF changes avg. by less than 1 point", f"{d:+.2f}", abs(d) < 1))
+    _checks(rows)
+    table = ex.average_accuracy(cnn, ["method"]).merge(ex.final_accuracy(cnn, ["method"]), on=["method", "runs"],
+                                                       suffixes=(" avg", " final"))
+    table["method"] = pd.Categorical(table.method, order, ordered=True)
+    table = table.sort_values("method").rename(columns={"ours avg": "avg. incremental", "ours_std avg": "std",
+                                                        "ours final": "final", "ours_std final": "std (final)"})
+    md("CNN accuracy (%): average incremental and after the last phase, mean and std over runs "
+       "(the paper gives no numbers for Fig. 7a):")
+    show_table(table[["method", "avg. incremental", "std", "final", "std (final)", "runs"]])
+
+
+def exemplar_count_section(results_dir) -> None:
+    t = _status(results_dir, "exemplar_count")
+    if t is None:
+        return
+    show(plots.exemplar_count(t))
+    wide = ex.average_accuracy(t, ["memory_per_class", "curve"]).pivot(index="memory_per_class", columns="curve",
+                                                                       values="ours")
+    rows = []
+    for curve in wide.columns:
+        v = wide[curve].values
+        rows.append((f"{curve} grows with R_per", " < ".join(f"{x:.2f}" for x in v), bool(np.all(np.diff(v) > 0))))
+    for r, row in wide.iterrows():
+        if {"LUCIR-CNN", "iCaRL-CNN", "iCaRL-NME"} <= set(row.index):
+            best_icarl = max(row["iCaRL-CNN"], row["iCaRL-NME"])
+            rows.append((f"R_per={r}: LUCIR-CNN > best iCaRL", f"{row['LUCIR-CNN']:.2f} vs {best_icarl:.2f}",
+                         row["LUCIR-CNN"] > best_icarl))
+    _checks(rows)
+    md("Average incremental accuracy (%) per R_per (the paper gives no numbers for Fig. 7b):")
+    show_table(wide.reset_index())
+
+
+def adaptive_weight_section(results_dir) -> None:
+    t = _status(results_dir, "adaptive_weight")
+    if t is None:
+        return
+    show(plots.adaptive_weight(t))
+    wide = ex.average_accuracy(t, ["phases", "classifier", "variant"]).pivot_table(
+        index=["phases", "classifier"], columns="variant", values="ours")
+    rows = []
+    for (p, clf), r in wide.iterrows():
+        if {"adaptive lambda", "fixed lambda_base"} <= set(r.index):
+            d = r["adaptive lambda"] - r["fixed lambda_base"]
+            rows.append((f"{p} phases, {clf}: adaptive > fixed", f"{d:+.2f}", d > 0))
+    _checks(rows)
+    md("Average incremental accuracy (%) (the paper gives no numbers for Fig. 8):")
+    show_table(wide.reset_index())
+
+
+def confusion_matrices_section(results_dir) -> None:
+    t = _status(results_dir, "confusion_matrices")
+    if t is None:
+        return
+    for setting, part in t.groupby("setting"):
+        show(plots.confusion_matrices(part))
+    summary = ex.confusion_summary(t)
+    acc = summary.set_index("curve")["acc"]
+    rows = []
+    if {"LUCIR-CNN", "iCaRL-CNN"} <= set(acc.index):
+        s = summary.set_index("curve")
+        rows.append(("iCaRL-CNN puts more old-class images into new classes than LUCIR-CNN",
+                     f"{s.loc['iCaRL-CNN', 'old_as_new']:.1f}% vs {s.loc['LUCIR-CNN', 'old_as_new']:.1f}%",
+                     s.loc["iCaRL-CNN", "old_as_new"] > s.loc["LUCIR-CNN", "old_as_new"]))
+        rows.append(("LUCIR-CNN has the best accuracy of the four", f"{acc['LUCIR-CNN']:.2f} vs max "
+                     f"{acc.drop('LUCIR-CNN').max():.2f}", acc["LUCIR-CNN"] >= acc.max()))
+    _checks(rows)
+    md("Final accuracy on all classes (%) beside the paper's Fig. 9, and the shares (%) of old-class test images "
+       "predicted as new classes (`old_as_new`) and the reverse (`new_as_old`):")
+    show_table(summary.rename(columns={"acc": "ours acc"}))
+
+
+def weight_norms_section(results_dir) -> None:
+    t = _status(results_dir, "weight_norms")
+    if t is None:
+        return
+    show(plots.weight_norms(t))
+    s = ex.weight_norm_summary(t)
+    rows = [(f"{r.method}: mean {r.metric} of new classes > old", f"{r.new:.3f} vs {r.old:.3f}", r.new > r.old)
+            for r in s.itertuples() if r.method == "iCaRL"]
+    _checks(rows)
+    md("Mean over old and new classes after the last phase (LUCIR's cosine classifier normalises the "
+       "embeddings, so their stored norms do not reach the scores):")
+    show_table(s, digits=4)
+
+
+SECTIONS = {"main_curves": main_curves_section, "component_ablation": component_ablation_section,
+            "exemplar_count": exemplar_count_section, "adaptive_weight": adaptive_weight_section,
+            "confusion_matrices": confusion_matrices_section, "weight_norms": weight_norms_section}
+
+
+def section(results_dir, experiment: str) -> None:
+    SECTIONS[experiment](results_dir)
+
+
+# --------------------------------------------------------------------------- the rest
+def deviations_section() -> None:
+    """docs/deviations.md, the one list of deviations that the README also points to."""
+    path = REPO_ROOT / "docs" / "deviations.md"
+    if not path.exists():
+        md(f"(docs/deviations.md not found at {path})")
+        return
+    lines = path.read_text().splitlines()
+    body = [("#" + l) if l.startswith("## ") else l for l in lines if not l.startswith("# ")]
+    md("\n".join(body) + f"\n\n*Source: `docs/deviations.md`.*")
+
+
+def runs_section(results_dir) -> None:
+    """Wall time of every notebook and every run."""
+    study = load_study(results_dir)
+    if study:
+        pairs = pd.DataFrame([{"notebook": p["notebook"], "setting": p["setting"], "status": p["status"],
+                               "seconds": p.get("seconds")} for p in study["pairs"]])
+        md("Notebook runs of this study, with the seconds each took (`complete earlier`: skipped in the last "
+           "invocation because its outputs were complete; the seconds are those of the run that made them):")
+        show_table(pairs, digits=0)
+    runs = runs_table(results_dir)
+    if runs.empty:
+        md("No runs.")
+        return
+    md(f"Every run behind the tables ({len(runs)} runs, {runs['train seconds'].sum() / 60:.1f} minutes of training "
+       "recorded in their metrics.json; a base phase loaded from the cache counts only its loading time):")
+    show_table(runs.drop(columns=["config"]), digits=1)
+
+
+def provenance_section(results_dir) -> None:
+    study = load_study(results_dir)
+    prov = (study or {}).get("provenance")
+    if not prov:
+        md("No provenance recorded (the notebooks were run by hand; each table's sidecar .json holds its own).")
+        return
+    git = prov.get("git", {})
+    md(f"- **date** {prov.get('date')}\n- **git commit** `{git.get('commit')}`"
+       f"{' with uncommitted changes' if git.get('dirty') else ''}\n"
+       f"- **device** {_device_text(prov.get('device', {}))}, "
+       f"torch threads {prov.get('device', {}).get('torch_threads')}")
+    show_table(pd.DataFrame([{"package": k, "version": v} for k, v in prov.get("versions", {}).items()]))
+    for d in prov.get("data", []):
+        md(f"Data **{d['dataset']}** from `{d['folder']}` (sha256 of every file listed in its SHA256SUMS, checked):")
+        show_table(pd.DataFrame([{"file": f["file"], "sha256": f["sha256"], "matches SHA256SUMS": f["ok"]}
+                                 for f in d["files"]]))
+    if not prov.get("data"):
+        md("Data: synthetic (made in memory from a seed); no files.")
+    sidecars = []
+    for experiment in ex.EXPERIMENTS:
+        for p in study_pairs(study, experiment):
+            path = ex.table_path(results_dir, experiment, p["setting"]).with_suffix(".json")
+            if path.exists():
+                meta = json.loads(path.read_text())
+                sidecars.append({"table": f"{experiment}/{p['setting']}", "written": meta.get("date"),
+                                 "commit": (meta.get("git", {}).get("commit") or "")[:12],
+                                 "notebook seconds": meta.get("notebook_seconds")})
+    if sidecars:
+        md("When each table was written, and by which commit:")
+        show_table(pd.DataFrame(sidecars), digits=0)

@@ -1,0 +1,146 @@
+"""The notebooks: committed without outputs, a `parameters` cell of typed commented literals that
+papermill reads in full, defaults that make valid plans, and every notebook executed end to end
+through papermill with the smoke profile (one shared study, see smoke_study.py)."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+
+from lucir import experiments, published
+from smoke_study import EXPERIMENTS, REPO, smoke_study
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+PARAM_LINE = re.compile(r"^(\w+): (int|float|str|bool|list|dict) = (.+?)  # \S.*$")
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory, cache_dir):
+    s = smoke_study(tmp_path_factory, cache_dir)
+    assert s["proc"].returncode == 0, s["proc"].stderr[-3000:]
+    return s
+
+
+def _parameters_cell(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    return cells[0]
+
+
+def test_the_notebooks_are_the_experiments_and_the_report():
+    assert {p.stem for p in NOTEBOOKS} == set(EXPERIMENTS) | {"report"}
+    assert set(EXPERIMENTS) == set(experiments.EXPERIMENTS) == set(experiments.PLANS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} holds outputs"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_typed_commented_literals_that_papermill_reads(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "Fig." in nb.cells[0].source.splitlines()[0] or path.stem == "report"
+    lines = [l for l in _parameters_cell(nb).source.splitlines() if l.strip()]
+    names = []
+    for line in lines:
+        m = PARAM_LINE.match(line)
+        assert m, f"{path.name}: not a typed, commented literal: {line!r}"
+        value = ast.literal_eval(m.group(3))
+        assert type(value).__name__ == m.group(2) or (m.group(2) == "float" and isinstance(value, int)), line
+        names.append(m.group(1))
+    # papermill drops a line it cannot parse (e.g. a second '=' in the comment): it must see them all
+    assert list(pm.inspect_notebook(str(path))) == names
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_default_parameters_make_valid_plans_of_the_paper_setting(name):
+    inspected = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
+    params = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
+    assert params["config_overrides"] == {} and params["results_dir"] == "results"
+    plan = experiments.PLANS[name](**{k: v for k, v in params.items() if k not in ("setting", "results_dir")})
+    configs = [run.config() for run in plan]  # raises on an invalid default
+    assert configs and all(c.dataset == "cifar100" and not published.setting_differences(c.to_dict())
+                           for c in configs if c.memory_per_class == 20)
+    paper_phases = {"main_curves": {1, 2, 5, 10}, "component_ablation": {5}, "exemplar_count": {5},
+                    "adaptive_weight": {5, 10}, "confusion_matrices": {1}, "weight_norms": {1}}[name]
+    assert {c.phases for c in configs} == paper_phases
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_notebook_ran_with_the_smoke_profile(study, name):
+    executed = study["reports"] / "executed" / f"{name}__synthetic.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1, "one figure, drawn inline"
+    table = experiments.read_tables(study["results"], name, ["synthetic"])
+    assert len(table) and set(experiments.TABLE_COLUMNS) <= set(table.columns)
+    meta = json.loads((study["results"] / "tables" / name / "synthetic.json").read_text())
+    assert meta["parameters"]["config_overrides"]["dataset"] == "synthetic"
+    assert meta["git"] and meta["versions"]["torch"]
+    on_disk = pd.read_csv(study["results"] / "tables" / name / "synthetic.csv")
+    assert all(p.startswith("runs/") for p in on_disk.run_dir), "run_dir is stored relative to results_dir"
+
+
+def test_tables_agree_with_the_runs_metrics(study):
+    """The tidy table's curve is the run's metrics.json, in percent; its mean is the run's average."""
+    table = experiments.read_tables(study["results"], "main_curves")
+    assert set(table.curve) >= {"LUCIR-CNN", "LUCIR-NME", "iCaRL-CNN", "iCaRL-NME", "Joint-CNN"}
+    acc = table[table.metric == "acc"]
+    assert acc.value.between(0, 100).all()
+    for (run_dir, clf), group in acc.groupby(["run_dir", "classifier"]):
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        expected = [100 * p[f"acc_{clf.lower()}"] for p in metrics["phases"]]
+        assert np.allclose(group.sort_values("phase").value, expected)
+        assert np.isclose(group.value.mean(), 100 * metrics[f"avg_incremental_accuracy_{clf.lower()}"])
+    summary = experiments.average_accuracy(acc, ["phases", "curve"])
+    assert (summary.runs == 2).all(), "two seeds per curve in the smoke profile"
+
+
+def test_identical_configs_share_one_run(study):
+    """LUCIR with the shared settings and 2 phases is a main curve, the CN+LC+IS ablation row,
+    an R_per of the exemplar sweep and the adaptive-weight run: one run directory for all four."""
+    def lucir_dirs(name, **where):
+        t = experiments.read_tables(study["results"], name)
+        for k, v in where.items():
+            t = t[t[k] == v]
+        return set(t.run_dir)
+    shared = (lucir_dirs("main_curves", method="LUCIR", phases=2, seed=0)
+              & lucir_dirs("component_ablation", method="CN+LC+IS")
+              & lucir_dirs("exemplar_count", method="LUCIR", memory_per_class=2)
+              & lucir_dirs("adaptive_weight", variant="adaptive lambda", phases=2))
+    assert len(shared) == 1
+    one_phase = (lucir_dirs("confusion_matrices") & lucir_dirs("weight_norms")
+                 & lucir_dirs("main_curves", phases=1, seed=0))
+    assert len(one_phase) == 2, "iCaRL and LUCIR after 1 phase serve Fig. 3, Fig. 5 and Fig. 9"
+
+
+def test_plain_papermill_reuses_complete_runs(study, tmp_path):
+    """A notebook run by hand with papermill loads the complete runs instead of retraining them."""
+    marker = study["results"] / "study" / "done" / "confusion_matrices__synthetic.json"
+    params = json.loads(marker.read_text())["parameters"]
+    params["setting"] = "by_hand"
+    runs = sorted((study["results"] / "runs").glob("*/metrics.json"))
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    pm.execute_notebook(str(REPO / "notebooks" / "confusion_matrices.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters=params, kernel_name="python3", progress_bar=False)
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
+    by_hand = pd.read_csv(study["results"] / "tables" / "confusion_matrices" / "by_hand.csv")
+    original = pd.read_csv(study["results"] / "tables" / "confusion_matrices" / "synthetic.csv")
+    assert np.allclose(by_hand.value, original.value, equal_nan=True)
+    (study["results"] / "tables" / "confusion_matrices" / "by_hand.csv").unlink()
+    (study["results"] / "tables" / "confusion_matrices" / "by_hand.json").unlink()
