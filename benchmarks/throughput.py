@@ -10,7 +10,7 @@ Measures, on the given device:
      three losses of Eq. 9 and the optimiser step (lucir.trainer.train_epochs itself);
 and the ratio of 3 to the bound the bare parts allow, 1 / (1/train + 1/forward).
 Then the peak resident memory of a real CIFAR-100 run (all 100 classes loaded, B50 + 1
-phase, one epoch per phase) in a child process.
+phase, 100 train images per class, one epoch per phase) in a child process.
 """
 from __future__ import annotations
 
@@ -114,7 +114,9 @@ def main() -> None:
     if args.skip_memory:
         return
     with tempfile.TemporaryDirectory() as tmp:
+        # all 100 classes and the whole data set are loaded; 100 train images per class are trained on
         overrides = dict(data_dir=args.data, phases=1, epochs=1, base_epochs=1, lr_milestones="", progress="false",
+                         train_per_class=100,
                          device=str(device), cache_base="false", cache_dir=tmp)
         cmd = [sys.executable, "-m", "lucir", "run", "--preset", "lucir", "--out", os.path.join(tmp, "run")]
         for k, v in overrides.items():
@@ -123,7 +125,7 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         m = json.load(open(os.path.join(tmp, "run", "metrics.json")))
-    print(f"CIFAR-100 run (100 classes, B50 + 1 phase, 1 epoch each): {time.perf_counter() - tic:.0f} s, "
+    print(f"CIFAR-100 run (100 classes, B50 + 1 phase, 100 train images per class, 1 epoch each): {time.perf_counter() - tic:.0f} s, "
           f"peak resident memory {peak_kb / 2**20:.2f} GB (target < 3 GB); "
           f"final accuracy CNN {m['final_accuracy_cnn']:.3f}")
 
