@@ -358,6 +358,11 @@ def run_study(profile: str, results: str = "results", reports: str = "reports", 
     """The whole study; returns the exit status (0, or 1 when a notebook failed)."""
     name, path, content = load_profile(profile)
     results_dir, reports_dir = Path(results).resolve(), Path(reports).resolve()
+    # Kernels run in notebooks/: relative data and cache folders must mean what they mean here.
+    for var in ("LUCIR_DATA", "LUCIR_CACHE"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    cache_dir = str(Path(cache_dir).expanduser().resolve()) if cache_dir else None
     runtime = {"progress": False} | ({"device": device} if device else {}) | (
         {"cache_dir": cache_dir} if cache_dir else {})
     if device:
