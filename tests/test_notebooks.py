@@ -67,17 +67,24 @@ def test_parameters_cell_is_typed_commented_literals_that_papermill_reads(path):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_default_parameters_make_valid_plans_of_the_paper_setting(name):
+def test_default_parameters_are_the_quick_profile(name, tmp_path):
+    """Run All in JupyterLab with the defaults runs the quick setting on real CIFAR-100: it finishes
+    on a CPU and, after the README's main command, loads that study's runs instead of retraining."""
+    from lucir import study
     inspected = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
-    params = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
-    assert params["config_overrides"] == {} and params["results_dir"] == "results"
-    plan = experiments.PLANS[name](**{k: v for k, v in params.items() if k not in ("setting", "results_dir")})
-    configs = [run.config() for run in plan]  # raises on an invalid default
-    assert configs and all(c.dataset == "cifar100" and not published.setting_differences(c.to_dict())
-                           for c in configs if c.memory_per_class == 20)
-    paper_phases = {"main_curves": {1, 2, 5, 10}, "component_ablation": {5}, "exemplar_count": {5},
-                    "adaptive_weight": {5, 10}, "confusion_matrices": {1}, "weight_norms": {1}}[name]
-    assert {c.phases for c in configs} == paper_phases
+    defaults = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
+    _, _, quick = study.load_profile("quick")
+    [pair] = study.build_pairs(quick, tmp_path, [name], {})
+    assert defaults == pair.parameters | {"results_dir": "results"}
+    plan = experiments.PLANS[name](**{k: v for k, v in defaults.items() if k not in ("setting", "results_dir")})
+    assert {experiments.run_name(r.config()) for r in plan} == {experiments.run_name(r.config()) for r in pair.plan}
+    # and {} is the paper's CIFAR-100 setting
+    paper = {k: v for k, v in defaults.items() if k not in ("setting", "results_dir")} | {"config_overrides": {}}
+    if name == "exemplar_count":
+        paper["memory_per_class"] = [5, 10, 20]
+    configs = [r.config() for r in experiments.PLANS[name](**paper)]
+    at_paper_budget = [c for c in configs if c.memory_per_class == 20]
+    assert at_paper_budget and all(not published.setting_differences(c.to_dict()) for c in at_paper_budget)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
