@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import provenance, published
 from . import results as res
@@ -155,13 +156,18 @@ PLANS = {
 # --------------------------------------------------------------------------- running
 def run_plan(plan: list[PlannedRun], results_dir) -> list[dict]:
     """Run (or load) every run of the plan; each result holds the planned run, config, dir, metrics."""
+    configs = [planned.config() for planned in plan]
     out = []
-    for planned in plan:
-        config = planned.config()
+    bar = tqdm(total=len(plan), desc="runs", unit="run", disable=not any(c.progress for c in configs))
+    for planned, config in zip(plan, configs):
         folder = run_dir(config, results_dir)
+        label = " ".join(x for x in (planned.method, planned.variant) if x)
+        bar.set_postfix_str(f"{label}, {config.phases} phases, seed {config.seed}")
         with _locked(folder.parent / f".{folder.name}.lock"):
             metrics = run_incremental(config, folder)
         out.append({"planned": planned, "config": config, "run_dir": folder, "metrics": metrics})
+        bar.update()
+    bar.close()
     return out
 
 
