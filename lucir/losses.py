@@ -61,9 +61,10 @@ def margin_ranking(cos_scores: torch.Tensor, targets: torch.Tensor, n_old: int,
     """Eq. 8 on cosine scores before eta: for each old-class sample (anchor) of the batch,
     max(m - <theta(x), f(x)> + <theta_k, f(x)>, 0) against the top-K new-class scores.
     Returns the mean over all (anchor, hard negative) pairs, as the official code does (Eq. 8
-    summed over k, averaged over anchors, divided by K); zero when the batch has no old sample."""
+    summed over k, averaged over anchors, divided by K); zero when the batch has no old sample
+    (or the scores have no new-class column)."""
     anchors = targets < n_old
-    if not anchors.any():
+    if not anchors.any() or cos_scores.shape[1] <= n_old:  # no old sample, or no new class
         return cos_scores.sum() * 0.0  # keeps the graph and the device
     scores = cos_scores[anchors]
     positive = scores.gather(1, targets[anchors].unsqueeze(1))           # <theta(x), f(x)>

@@ -10,7 +10,7 @@ def herding(features: torch.Tensor, m: int) -> list[int]:
 
     Features are l2-normalised; step k picks the sample (not yet chosen) that brings the mean
     of the chosen normalised features closest to the class mean of normalised features."""
-    f = F.normalize(features.double(), dim=1)
+    f = F.normalize(torch.as_tensor(features).double(), dim=1)
     mu = f.mean(0)
     m = min(m, len(f))
     chosen: list[int] = []

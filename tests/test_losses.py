@@ -197,6 +197,12 @@ def test_margin_ranking_zero_and_differentiable_without_old_samples():
     assert scores.grad is not None and torch.all(scores.grad == 0)
 
 
+def test_margin_ranking_zero_without_new_class_columns():
+    """Scores of old classes only (no new class to rank against): zero, not the mean of nothing."""
+    loss = losses.margin_ranking(t([[0.1, 0.9], [0.4, 0.2]]), torch.tensor([0, 1]), n_old=2)
+    assert loss.item() == 0.0
+
+
 def test_margin_ranking_zero_when_margin_satisfied():
     scores = t([[0.9, 0.0, 0.3, 0.39], [-0.2, 0.8, 0.2, 0.1]])  # every gap > 0.5
     assert losses.margin_ranking(scores, torch.tensor([0, 1]), n_old=2).item() == 0.0

@@ -26,6 +26,10 @@ def test_herding_order_on_circle_by_hand():
     assert herding(CIRCLE, 2) == [0, 1]
 
 
+def test_herding_accepts_numpy_features():
+    assert herding(CIRCLE.numpy(), 5) == [0, 1, 4, 3, 2]
+
+
 def test_herding_first_pick_is_closest_to_mean():
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(30, 8, generator=g) + 2.0
