@@ -76,10 +76,11 @@ def test_default_parameters_are_the_quick_profile(name, tmp_path):
     _, _, quick = study.load_profile("quick")
     [pair] = study.build_pairs(quick, tmp_path, [name], {})
     assert defaults == pair.parameters | {"results_dir": "results"}
-    plan = experiments.PLANS[name](**{k: v for k, v in defaults.items() if k not in ("setting", "results_dir")})
+    plan_args = {k: v for k, v in defaults.items() if k not in ("setting", "results_dir")}
+    plan = experiments.PLANS[name](**plan_args)
     assert {experiments.run_name(r.config()) for r in plan} == {experiments.run_name(r.config()) for r in pair.plan}
     # and {} is the paper's CIFAR-100 setting
-    paper = {k: v for k, v in defaults.items() if k not in ("setting", "results_dir")} | {"config_overrides": {}}
+    paper = plan_args | {"config_overrides": {}}
     if name == "exemplar_count":
         paper["memory_per_class"] = [5, 10, 20]
     configs = [r.config() for r in experiments.PLANS[name](**paper)]

@@ -229,9 +229,8 @@ def test_progress_cost_counts_every_phase():
 def test_relative_data_folder_is_made_absolute_for_the_kernels(monkeypatch, tmp_path):
     """Kernels run in notebooks/, so LUCIR_DATA=../data must be resolved where the runner starts."""
     import os
-    from lucir import study
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LUCIR_DATA", "../some/data")
-    with pytest.raises(study.StudyError):
-        study.run_study("smoke", results=str(tmp_path / "r"), reports=str(tmp_path / "p"), only=["no_such_notebook"])
+    with pytest.raises(study_mod.StudyError):
+        study_mod.run_study("smoke", results=str(tmp_path / "r"), reports=str(tmp_path / "p"), only=["no_such_notebook"])
     assert os.environ["LUCIR_DATA"] == str((tmp_path / "../some/data").resolve())
