@@ -74,7 +74,8 @@ class Config:
     cbf_lr: float = _f(0.01, "learning rate of the class-balanced finetune")
     cbf_lr_milestones: tuple = _f((10,), "milestones of the class-balanced finetune")
     # --- evaluation and running ---
-    nme_flip: bool = _f(True, "average exemplar features with their flips for NME means (official code)")
+    nme_flip: str = _f("channels", "second view of each exemplar averaged into the NME means: channels = RGB->BGR "
+                       "(official CIFAR code's [:, :, :, ::-1] on N,H,W,C), horizontal = true flip, none")
     eval_batch_size: int = _f(256, "batch size for feature extraction and evaluation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     cache_base: bool = _f(True, "reuse the base-phase model across runs (cache keyed by what it depends on)")
@@ -99,6 +100,9 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# The second view of each exemplar for the NME class means (nme_flip): the official CIFAR-100 code
+# reverses the colour channels, a horizontal flip is what its comment ("Flipped version") meant.
+NME_VIEWS = ("channels", "horizontal", "none")
 IMAGENET_LIKE = ("imagenet", "imagenet_subset", "tiny_imagenet")
 DATASETS = ("cifar100", "synthetic") + IMAGENET_LIKE
 
@@ -198,6 +202,9 @@ def make_config(preset: str = "lucir", **overrides) -> Config:
 
 def config_from_dict(values: dict) -> Config:
     """Rebuild a config from `config.json` (a full dict of fields)."""
+    values = dict(values)
+    if isinstance(values.get("nme_flip"), bool):  # written before nme_flip had three values
+        values["nme_flip"] = "horizontal" if values["nme_flip"] else "none"
     return make_config("lucir", **values)
 
 
@@ -213,6 +220,8 @@ def validate(c: Config) -> None:
                           f"choose one of: {', '.join(DATASETS)}")
     if c.model not in (None, "resnet32", "resnet18"):
         raise ConfigError(f"unknown model '{c.model}'; choose resnet32 or resnet18")
+    if c.nme_flip not in NME_VIEWS:
+        raise ConfigError(f"nme_flip must be one of {', '.join(NME_VIEWS)}, got '{c.nme_flip}'")
     if c.lambda_direction not in ("code", "paper"):
         raise ConfigError(f"lambda_direction must be 'code' or 'paper', got '{c.lambda_direction}'")
     positive = ["phases", "epochs", "batch_size", "eval_batch_size", "K", "image_size", "cbf_epochs"]

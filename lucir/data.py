@@ -72,14 +72,29 @@ class ArrayImages:
         return self._device_cache[key]
 
     def batch(self, idx: torch.Tensor, device, train: bool, generator: torch.Generator | None = None,
-              flip: bool = False) -> torch.Tensor:
-        """Normalised float batch of images `idx`; random crop + flip when `train`."""
+              view: str = "none") -> torch.Tensor:
+        """Normalised float batch of images `idx`; random crop + flip when `train`, else the
+        test images in the given `view` (see `second_view`)."""
         x = self.on(device)[idx.to(device)]
         if train:
             x = random_crop_flip(x, self.pad, generator)
-        elif flip:
-            x = x.flip(3)
+        else:
+            x = second_view(x, view)
         return normalize(x, self.mean, self.std)
+
+
+def second_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """A uint8 batch (N, 3, H, W) as the NME means see its second copy (config `nme_flip`):
+    `channels` reverses the colour channels before normalisation, which is what the official
+    CIFAR-100 code's `prototypes[...][:, :, :, ::-1]` does to its (N, H, W, C) arrays;
+    `horizontal` mirrors the columns; `none` leaves the batch as it is."""
+    if view == "channels":
+        return x.flip(1)
+    if view == "horizontal":
+        return x.flip(3)
+    if view == "none":
+        return x
+    raise ValueError(f"unknown view '{view}'; choose channels, horizontal or none")
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -129,13 +144,13 @@ class EncodedImages:
             return Image.open(fh).convert("RGB")
 
     def batch(self, idx: torch.Tensor, device, train: bool, generator: torch.Generator | None = None,
-              flip: bool = False) -> torch.Tensor:
+              view: str = "none") -> torch.Tensor:
         # torchvision's random transforms draw from torch's global generator, which the trainer
         # seeds at the start of every phase; decoding is sequential, so runs are repeatable.
         tf = self.train_tf if train else self.test_tf
         x = torch.stack([tf(self._open(int(i))) for i in idx])
-        if flip and not train:
-            x = x.flip(3)
+        if not train:
+            x = second_view(x, view)
         return normalize(x.to(device), self.mean, self.std)
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import provenance, published
 from . import results as res
-from .config import Config, make_config
+from .config import Config, ConfigError, make_config
 from .trainer import run_incremental
 
 try:
@@ -113,11 +113,16 @@ def plan_main_curves(phases: list, joint_phases: list, seeds: list, class_order_
     return plan
 
 
-def plan_component_ablation(phases: int, seeds: list, class_order_seeds: list,
-                            config_overrides: dict) -> list[PlannedRun]:
-    """Fig. 7a: the rows CN, CN+LC, CN+LC+IS, CN+LC+IS+CBF."""
+def plan_component_ablation(phases: int, seeds: list, class_order_seeds: list, config_overrides: dict,
+                            rows: list | None = None) -> list[PlannedRun]:
+    """Fig. 7a: the rows CN, CN+LC, CN+LC+IS, CN+LC+IS+CBF (or those of them named in `rows`)."""
+    known = dict(ABLATION_ROWS)
+    unknown = [r for r in rows or [] if r not in known]
+    if unknown:
+        raise ConfigError(f"unknown ablation row '{unknown[0]}'; rows: {', '.join(known)}")
+    chosen = [(name, preset) for name, preset in ABLATION_ROWS if rows is None or name in rows]
     return [PlannedRun(name, preset, o) for o in _grid(seeds, class_order_seeds, config_overrides, phases=phases)
-            for name, preset in ABLATION_ROWS]
+            for name, preset in chosen]
 
 
 def plan_exemplar_count(phases: int, memory_per_class: list, seeds: list, class_order_seeds: list,

@@ -36,7 +36,8 @@ def exemplars_per_class(n_seen: int, per_class: int, total: int | None) -> int:
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                 flipped_features: torch.Tensor | None = None) -> torch.Tensor:
     """NME prototypes: per class, the mean of the l2-normalised exemplar features (averaged
-    with those of the flipped images when given, as the official code does), renormalised."""
+    with those of a second view of the images when given, as the official code does; see
+    config `nme_flip`), renormalised."""
     f = F.normalize(features, dim=1)
     if flipped_features is not None:
         f = (f + F.normalize(flipped_features, dim=1)) / 2

@@ -49,12 +49,12 @@ def phase_seed(seed: int, phase: int) -> int:
 
 # --------------------------------------------------------------------------- features
 @torch.no_grad()
-def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, flip: bool = False):
-    """(features, logits) of images `idx` with test-time transforms, in eval mode."""
+def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view: str = "none"):
+    """(features, logits) of images `idx` with test-time transforms (and `view`), in eval mode."""
     model.eval()
     feats, logits = [], []
     for chunk in idx.split(batch_size):
-        out = model(images.batch(chunk, device, train=False, flip=flip))
+        out = model(images.batch(chunk, device, train=False, view=view))
         feats.append(out.features.float().cpu())
         logits.append(out.logits.float().cpu())
     return torch.cat(feats), torch.cat(logits)
@@ -214,8 +214,10 @@ def evaluate(model: Net, data: Dataset, memory: dict, ranges: list[range], c: Co
     feats, logits = extract(model, data.test, test_idx, device, c.eval_batch_size)
     ex_idx = torch.tensor(memory_indices(memory), dtype=torch.long)
     ex_feats, _ = extract(model, data.train, ex_idx, device, c.eval_batch_size)
-    flipped = extract(model, data.train, ex_idx, device, c.eval_batch_size, flip=True)[0] if c.nme_flip else None
-    means = class_means(ex_feats, data.train_labels[ex_idx], n_seen, flipped)
+    second = None  # the second view of each exemplar of the official code (nme_flip)
+    if c.nme_flip != "none":
+        second = extract(model, data.train, ex_idx, device, c.eval_batch_size, view=c.nme_flip)[0]
+    means = class_means(ex_feats, data.train_labels[ex_idx], n_seen, second)
     preds = {"cnn": logits[:, :n_seen].argmax(1).numpy(), "nme": nme_predict(feats, means).numpy()}
     row: dict = {}
     confusion = {}

@@ -25,6 +25,7 @@ def test_defaults_are_the_paper_settings():
     assert (c.epochs, c.lr, c.lr_milestones, c.lr_gamma) == (160, 0.1, (80, 120), 0.1)
     assert (c.batch_size, c.momentum, c.weight_decay) == (128, 0.9, 5e-4)
     assert (c.eta_init, c.lambda_direction) == (1.0, "code")
+    assert c.nme_flip == "channels"  # the official CIFAR-100 code's RGB->BGR copy, which gave the NME numbers
     assert c.cosine_normalization and c.less_forget and c.inter_class_separation and c.adaptive_weight
     assert not c.class_balanced_finetune and not c.joint_training
     assert c.resolved_model == "resnet32" and c.resolved_last_relu is False  # ReLU removed with CN
@@ -65,6 +66,7 @@ def test_string_values_are_parsed_to_field_types():
     (dict(dataset="cifar10"), ["unknown dataset 'cifar10'", "cifar100"]),
     (dict(model="resnet50"), ["resnet50"]),
     (dict(lambda_direction="printed"), ["lambda_direction"]),
+    (dict(nme_flip="vertical"), ["nme_flip", "channels, horizontal, none"]),
     (dict(cosine_normalization=False), ["less_forget", "cosine_normalization"]),
     (dict(cosine_normalization=False, less_forget=False), ["inter_class_separation"]),
 ])
@@ -112,6 +114,9 @@ def test_config_json_round_trip():
     d = json.loads(c.to_json())
     assert d["lr_milestones"] == [1, 2]
     assert config_from_dict(d) == c
+    # config.json written while nme_flip was a bool reads as the view it meant
+    assert config_from_dict({**d, "nme_flip": True}).nme_flip == "horizontal"
+    assert config_from_dict({**d, "nme_flip": False}).nme_flip == "none"
 
 
 # --------------------------------------------------------------------------- command line, in process

@@ -11,7 +11,7 @@ import torch
 import lucir
 from lucir.config import ConfigError, phase_sizes
 from lucir.data import (ArrayImages, CIFAR_MEAN, CIFAR_STD, _first_per_class, class_order, data_root,
-                        load_cifar100, load_dataset, normalize, phase_classes, random_crop_flip, synthetic_data)
+                        load_cifar100, load_dataset, normalize, phase_classes, random_crop_flip, second_view, synthetic_data)
 
 from conftest import CIFAR_DIR, TINY_IMAGENET_DIR, need, tiny_config
 
@@ -116,7 +116,32 @@ def test_array_images_test_batch_and_flip():
     assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
     ref = normalize(torch.from_numpy(imgs[[2, 0]]).permute(0, 3, 1, 2), CIFAR_MEAN, CIFAR_STD)
     assert torch.allclose(x, ref)
-    assert torch.allclose(store.batch(idx, "cpu", train=False, flip=True), ref.flip(3))
+    assert torch.allclose(store.batch(idx, "cpu", train=False, view="horizontal"), ref.flip(3))
+
+
+# One 2x2 RGB image, (H, W, C), every value distinct: the three NME views by hand.
+HAND_IMAGE = np.array([[[10, 20, 30], [40, 50, 60]],
+                       [[70, 80, 90], [100, 110, 120]]], dtype=np.uint8)
+
+
+def test_nme_view_channels_is_the_official_codes_channel_reversal():
+    # the official CIFAR-100 code: prototypes[k][:, :, :, ::-1] on (N, H, W, C) uint8 arrays
+    official = HAND_IMAGE[None][:, :, :, ::-1]
+    assert official[0, 0, 0].tolist() == [30, 20, 10]          # RGB -> BGR, pixels stay in place
+    store = ArrayImages(HAND_IMAGE[None], (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+    out = store.batch(torch.tensor([0]), "cpu", train=False, view="channels")
+    assert out[0].permute(1, 2, 0).round().to(torch.uint8).tolist() == official[0].tolist()
+
+
+def test_nme_view_horizontal_mirrors_columns_and_none_is_identity():
+    store = ArrayImages(HAND_IMAGE[None], (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+    hwc = lambda t: t[0].permute(1, 2, 0).round().to(torch.uint8).tolist()  # noqa: E731
+    flipped = hwc(store.batch(torch.tensor([0]), "cpu", train=False, view="horizontal"))
+    assert flipped == [[[40, 50, 60], [10, 20, 30]], [[100, 110, 120], [70, 80, 90]]]
+    assert hwc(store.batch(torch.tensor([0]), "cpu", train=False, view="none")) == HAND_IMAGE.tolist()
+    assert hwc(store.batch(torch.tensor([0]), "cpu", train=False)) == HAND_IMAGE.tolist()
+    with pytest.raises(ValueError, match="unknown view"):
+        second_view(torch.from_numpy(HAND_IMAGE[None]).permute(0, 3, 1, 2), "vertical")
 
 
 # --------------------------------------------------------------------------- synthetic set and selection
