@@ -61,7 +61,7 @@ class PlannedRun:
 # --------------------------------------------------------------------------- run names, paths
 def run_name(config: Config) -> str:
     """Readable prefix plus a hash of the config without its runtime fields."""
-    key = {k: v for k, v in config.to_dict().items() if k not in res.RUNTIME_FIELDS}
+    key = res.run_identity(config)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{config.dataset}-b{config.base_classes}-p{config.phases}-s{config.seed}-{digest}"
 
@@ -310,16 +310,42 @@ def final_accuracy(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def main_curves_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Our average incremental accuracies beside the published ones (CIFAR-100 B50 only)."""
+    """Our average incremental accuracies (mean, std and number of runs) beside each published one
+    (CIFAR-100 B50): one row per setting, phase count, curve and published source. A difference is
+    given only where our setting is the paper's; `comparison` says what it means."""
     ours = average_accuracy(table[table.curve.isin(MAIN_CURVES)], ["setting", "dataset", "phases", "curve", "reduced"])
-    pub = published.average_accuracy_table()
-    pub = pub.assign(dataset="cifar100").pivot_table(index=["dataset", "curve", "phases"], columns="source",
-                                                      values="published").reset_index()
+    pub = published.average_accuracy_table().assign(dataset="cifar100")
     out = ours.merge(pub, on=["dataset", "curve", "phases"], how="left")
-    for source in [c for c in pub.columns if c not in ("dataset", "curve", "phases")]:
-        out[f"ours - {source}"] = out["ours"] - out[source]
-    order = {c: i for i, c in enumerate(MAIN_CURVES)}
-    return out.sort_values(["setting", "phases", "curve"], key=lambda s: s.map(order) if s.name == "curve" else s)
+    return _compare(out, "ours", "ours_std").sort_values(
+        ["setting", "phases", "curve", "source"],
+        key=lambda s: s.map({c: i for i, c in enumerate(MAIN_CURVES)}) if s.name == "curve" else s,
+    ).reset_index(drop=True)
+
+
+def comparison(ours: float, ours_std: float, reference: float, reference_std: float, reduced: bool) -> str:
+    """What a difference to a published number means: nothing for a reduced setting; otherwise
+    whether it lies within twice the spread sqrt(std_ours^2 + std_published^2) over seeds."""
+    if reference is None or pd.isna(reference):
+        return "no published number"
+    if reduced:
+        return "not comparable: reduced setting"
+    spread = float(np.hypot(0.0 if pd.isna(ours_std) else ours_std,
+                            0.0 if reference_std is None or pd.isna(reference_std) else reference_std))
+    if spread == 0:
+        return "no spread to compare with (1 run, no published std)"
+    inside = abs(ours - reference) <= 2 * spread
+    return f"{'within' if inside else 'outside'} 2x the spread over seeds ({spread:.2f})"
+
+
+def _compare(out: pd.DataFrame, value: str, std: str, reference: str = "published",
+             reference_std: str = "published_std") -> pd.DataFrame:
+    """Add `ours - published` (only where the setting is the paper's) and `comparison` columns."""
+    ref_std = out[reference_std] if reference_std in out else pd.Series(np.nan, index=out.index)
+    own_std = out[std] if std in out else pd.Series(np.nan, index=out.index)
+    out = out.assign(comparison=[comparison(v, s, r, rs, bool(red)) for v, s, r, rs, red in
+                                 zip(out[value], own_std, out[reference], ref_std, out.reduced)])
+    diff = (out[value] - out[reference]).where(~out.reduced.astype(bool))
+    return out.assign(**{"ours - published": diff})
 
 
 def confusion_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -328,7 +354,7 @@ def confusion_summary(table: pd.DataFrame) -> pd.DataFrame:
     wide = last[last.metric.isin(["acc", "old_as_new", "new_as_old"])].pivot_table(
         index=["setting", "curve", "reduced"], columns="metric", values="value").reset_index()
     wide["published acc"] = wide.curve.map(published.FINAL_ACCURACY_ONE_PHASE)
-    wide["ours - published"] = wide["acc"] - wide["published acc"]
+    wide = _compare(wide, "acc", "acc_std", reference="published acc", reference_std="published acc std")
     wide["curve"] = pd.Categorical(wide.curve, CONFUSION_PANELS, ordered=True)
     return wide.sort_values(["setting", "curve"]).reset_index(drop=True)
 

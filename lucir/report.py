@@ -17,6 +17,7 @@ from IPython.display import HTML, Markdown, display
 
 from . import experiments as ex
 from . import plots, published
+from . import results as res
 from .provenance import REPO_ROOT
 
 NAMES = {"main_curves": "Main curves (Fig. 5, Fig. 6)", "component_ablation": "Component ablation (Fig. 7a)",
@@ -137,12 +138,19 @@ def runs_table(results_dir) -> pd.DataFrame:
                      "seed": config["seed"], "used as": ", ".join(sorted(set(
                          (group.method + " " + group.variant.fillna("")).str.strip()))),
                      "experiments": ", ".join(sorted(set(group.experiment))),
+                     "precision": precision_text(config),
                      "avg CNN": 100 * metrics["avg_incremental_accuracy_cnn"],
                      "avg NME": 100 * metrics["avg_incremental_accuracy_nme"],
                      "train seconds": metrics["train_seconds"],
                      "seconds per phase": " ".join(f"{p['seconds']:.0f}" for p in metrics["phases"]),
                      "complete": metrics.get("complete"), "config": config})
     return pd.DataFrame(rows)
+
+
+def precision_text(config: dict) -> str:
+    """fp32 (the paper's), or what the run switched on: bfloat16 autocast (amp), torch.compile."""
+    parts = (["bf16 autocast"] if config.get("amp") else ["fp32"]) + (["compiled"] if config.get("compile") else [])
+    return ", ".join(parts)
 
 
 def verdict(results_dir) -> list[tuple[str, float, float]]:
@@ -186,6 +194,13 @@ def header(results_dir) -> None:
         else:
             box(f'<span class="verdict-yes">LUCIR-CNN comes out above iCaRL-CNN</span> in every main-curve setting '
                 f"(average incremental accuracy, %): {html.escape(text)}.")
+    found = claims(results_dir)
+    if len(found):
+        held = int((found.holds == "yes").sum())
+        md(f"**The paper's claims at this study's scale**: {held} of {len(found)} checks hold. Each check is "
+           "repeated in its figure's section below. *Seed noise* compares a difference with the spread over "
+           "seeds: beyond noise when |a - b| > 2 sqrt(std_a^2 + std_b^2); with one run it is unknown.")
+        show_table(found)
     runs = runs_table(results_dir)
     reductions = _reductions(runs)
     if runs.empty:
@@ -255,10 +270,55 @@ def _status(results_dir, experiment: str) -> pd.DataFrame | None:
     return t
 
 
-def _checks(rows: list[tuple[str, str, bool]]) -> None:
-    display(HTML('<table class="report"><tr><th>check of the claim</th><th>ours</th><th>holds</th></tr>'
-                 + "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(v)}</td><td>{_yes(ok)}</td></tr>"
-                           for c, v, ok in rows) + "</table>"))
+def _checks(rows: list[tuple]) -> None:
+    """The table of checks of a claim: (check, ours, holds[, seed noise])."""
+    noise = any(len(r) > 3 for r in rows)
+    head = "<tr><th>check of the claim</th><th>ours</th><th>holds</th>" + ("<th>seed noise</th>" if noise else "")
+    body = "".join(f"<tr><td>{html.escape(r[0])}</td><td>{html.escape(r[1])}</td><td>{_yes(r[2])}</td>"
+                   + (f"<td>{html.escape(r[3] if len(r) > 3 else '')}</td>" if noise else "") + "</tr>"
+                   for r in rows)
+    display(HTML(f'<table class="report">{head}</tr>{body}</table>'))
+
+
+def noise(a: float, a_std: float, b: float, b_std: float, runs: int) -> str:
+    """Whether a difference of two mean accuracies exceeds what the seeds alone give: beyond noise
+    when |a - b| > 2 sqrt(std_a^2 + std_b^2), the stds taken over runs with different seeds."""
+    if runs < 2 or pd.isna(a_std) or pd.isna(b_std):
+        return "unknown: 1 run"
+    spread = float(np.hypot(a_std, b_std))
+    return f"{'beyond' if abs(a - b) > 2 * spread else 'within'} seed noise (2 x {spread:.2f})"
+
+
+def _compare_row(check: str, a: str, b: str, mean: pd.Series, std: pd.Series, runs: int) -> tuple:
+    """(check, 'a vs b', a > b, seed noise) for two curves of one setting."""
+    return (check, f"{mean[a]:.2f} vs {mean[b]:.2f}", bool(mean[a] > mean[b]),
+            noise(mean[a], std.get(a, np.nan), mean[b], std.get(b, np.nan), runs))
+
+
+def main_curves_checks(t: pd.DataFrame) -> list[tuple]:
+    """The checks of Fig. 5/6's claims, per setting and phase count."""
+    stats = ex.average_accuracy(t, ["setting", "phases", "curve"])
+    final = ex.final_accuracy(t, ["setting", "phases", "curve"]).pivot_table(
+        index=["setting", "phases"], columns="curve", values="ours")
+    rows = []
+    for (s, p), g in stats.groupby(["setting", "phases"]):
+        mean, std = g.set_index("curve")["ours"], g.set_index("curve")["ours_std"]
+        runs = int(g.runs.min())
+        where = f"{s}, {p} phase{'s' if p != 1 else ''}"
+        if {"LUCIR-CNN", "iCaRL-CNN"} <= set(mean.index):
+            rows.append(_compare_row(f"{where}: avg. LUCIR-CNN > iCaRL-CNN", "LUCIR-CNN", "iCaRL-CNN", mean, std, runs))
+        if {"LUCIR-CNN", "iCaRL-NME"} <= set(mean.index):
+            rows.append(_compare_row(f"{where}: avg. LUCIR-CNN > iCaRL-NME", "LUCIR-CNN", "iCaRL-NME", mean, std, runs))
+        if {"LUCIR-CNN", "LUCIR-NME"} <= set(mean.index):
+            rows.append((f"{where}: avg. LUCIR-CNN above LUCIR-NME or within 1 point",
+                         f"{mean['LUCIR-CNN']:.2f} vs {mean['LUCIR-NME']:.2f}",
+                         bool(mean["LUCIR-CNN"] >= mean["LUCIR-NME"] - 1),
+                         noise(mean["LUCIR-CNN"], std["LUCIR-CNN"], mean["LUCIR-NME"], std["LUCIR-NME"], runs)))
+        f = final.loc[(s, p)]
+        if p >= 10 and {"LUCIR-CNN", "iCaRL-NME"} <= set(f.dropna().index):
+            rows.append((f"{where}: final LUCIR-CNN - iCaRL-NME > 6", f"{f['LUCIR-CNN'] - f['iCaRL-NME']:.2f}",
+                         bool(f["LUCIR-CNN"] - f["iCaRL-NME"] > 6)))
+    return rows
 
 
 def main_curves_section(results_dir) -> None:
@@ -267,30 +327,34 @@ def main_curves_section(results_dir) -> None:
         return
     for setting, part in t.groupby("setting"):
         show(plots.main_curves(part))
-    avg = ex.average_accuracy(t, ["setting", "phases", "curve"]).pivot_table(
-        index=["setting", "phases"], columns="curve", values="ours")
-    final = ex.final_accuracy(t, ["setting", "phases", "curve"]).pivot_table(
-        index=["setting", "phases"], columns="curve", values="ours")
-    rows = []
-    for (s, p), r in avg.iterrows():
-        where = f"{s}, {p} phase{'s' if p != 1 else ''}"
-        if {"LUCIR-CNN", "iCaRL-CNN", "iCaRL-NME"} <= set(r.index):
-            rows.append((f"{where}: avg. LUCIR-CNN > iCaRL-CNN", f"{r['LUCIR-CNN']:.2f} vs {r['iCaRL-CNN']:.2f}",
-                         r["LUCIR-CNN"] > r["iCaRL-CNN"]))
-            rows.append((f"{where}: avg. LUCIR-CNN > iCaRL-NME", f"{r['LUCIR-CNN']:.2f} vs {r['iCaRL-NME']:.2f}",
-                         r["LUCIR-CNN"] > r["iCaRL-NME"]))
-        if "LUCIR-NME" in r.index:
-            rows.append((f"{where}: avg. LUCIR-CNN above LUCIR-NME or within 1 point",
-                         f"{r['LUCIR-CNN']:.2f} vs {r['LUCIR-NME']:.2f}",
-                         r["LUCIR-CNN"] >= r["LUCIR-NME"] - 1))
-        f = final.loc[(s, p)]
-        if p >= 10 and {"LUCIR-CNN", "iCaRL-NME"} <= set(f.index):
-            rows.append((f"{where}: final LUCIR-CNN - iCaRL-NME > 6", f"{f['LUCIR-CNN'] - f['iCaRL-NME']:.2f}",
-                         f["LUCIR-CNN"] - f["iCaRL-NME"] > 6))
-    _checks(rows)
+    _checks(main_curves_checks(t))
     md("Average incremental accuracy (%), ours (mean and std over runs) beside the published numbers "
-       "(CIFAR-100, 50 base classes, 5 and 10 phases only):")
-    show_table(ex.main_curves_summary(t).drop(columns=["dataset"]).rename(columns={"ours_std": "ours std"}))
+       "(CIFAR-100, 50 base classes, 5 and 10 phases). A difference is printed only where our setting is the "
+       "paper's; it is called within the spread over seeds when it is at most twice "
+       "sqrt(std_ours^2 + std_published^2).")
+    show_table(headline_table(t))
+
+
+def headline_table(t: pd.DataFrame) -> pd.DataFrame:
+    """The main-curves summary as the report and reports/<profile>/headline.csv show it."""
+    out = ex.main_curves_summary(t)
+    out = out.assign(source=out.source.fillna("—"))
+    cols = {"setting": "setting", "phases": "phases", "curve": "curve", "ours": "ours", "ours_std": "ours std",
+            "runs": "runs", "source": "published source", "published": "published",
+            "published_std": "published std", "ours - published": "ours - published", "comparison": "comparison"}
+    return out[list(cols)].rename(columns=cols)
+
+
+def component_ablation_checks(t: pd.DataFrame) -> list[tuple]:
+    stats = ex.average_accuracy(t[t.classifier == "CNN"], ["method"]).set_index("method")
+    avg, std, runs = stats["ours"], stats["ours_std"], int(stats.runs.min()) if len(stats) else 0
+    order = [m for m, _ in ex.ABLATION_ROWS if m in avg.index]
+    rows = [_compare_row(f"avg. {b} > {a}", b, a, avg, std, runs)
+            for a, b in zip(order, order[1:]) if b != "CN+LC+IS+CBF"]
+    if "CN+LC+IS+CBF" in avg.index and "CN+LC+IS" in avg.index:
+        d = avg["CN+LC+IS+CBF"] - avg["CN+LC+IS"]
+        rows.append(("CBF changes avg. by less than 1 point", f"{d:+.2f}", bool(abs(d) < 1)))
+    return rows
 
 
 def component_ablation_section(results_dir) -> None:
@@ -299,15 +363,10 @@ def component_ablation_section(results_dir) -> None:
         return
     show(plots.component_ablation(t))
     cnn = t[t.classifier == "CNN"]
-    avg = ex.average_accuracy(cnn, ["method"]).set_index("method")["ours"]
-    order = [m for m, _ in ex.ABLATION_ROWS if m in avg.index]
-    rows = [(f"avg. {b} > {a}", f"{avg[b]:.2f} vs {avg[a]:.2f}", avg[b] > avg[a]) for a, b in zip(order, order[1:3])]
-    if "CN+LC+IS+CBF" in avg.index and "CN+LC+IS" in avg.index:
-        d = avg["CN+LC+IS+CBF"] - avg["CN+LC+IS"]
-        rows.append(("CBF changes avg. by less than 1 point", f"{d:+.2f}", abs(d) < 1))
-    _checks(rows)
+    _checks(component_ablation_checks(t))
     table = ex.average_accuracy(cnn, ["method"]).merge(ex.final_accuracy(cnn, ["method"]), on=["method", "runs"],
                                                        suffixes=(" avg", " final"))
+    order = [m for m, _ in ex.ABLATION_ROWS if m in set(table.method)]
     table["method"] = pd.Categorical(table.method, order, ordered=True)
     table = table.sort_values("method").rename(columns={"ours avg": "avg. incremental", "ours_std avg": "std",
                                                         "ours final": "final", "ours_std final": "std (final)"})
@@ -316,11 +375,7 @@ def component_ablation_section(results_dir) -> None:
     show_table(table[["method", "avg. incremental", "std", "final", "std (final)", "runs"]])
 
 
-def exemplar_count_section(results_dir) -> None:
-    t = _status(results_dir, "exemplar_count")
-    if t is None:
-        return
-    show(plots.exemplar_count(t))
+def exemplar_count_checks(t: pd.DataFrame) -> list[tuple]:
     wide = ex.average_accuracy(t, ["memory_per_class", "curve"]).pivot(index="memory_per_class", columns="curve",
                                                                        values="ours")
     rows = []
@@ -331,10 +386,33 @@ def exemplar_count_section(results_dir) -> None:
         if {"LUCIR-CNN", "iCaRL-CNN", "iCaRL-NME"} <= set(row.index):
             best_icarl = max(row["iCaRL-CNN"], row["iCaRL-NME"])
             rows.append((f"R_per={r}: LUCIR-CNN > best iCaRL", f"{row['LUCIR-CNN']:.2f} vs {best_icarl:.2f}",
-                         row["LUCIR-CNN"] > best_icarl))
-    _checks(rows)
+                         bool(row["LUCIR-CNN"] > best_icarl)))
+    return rows
+
+
+def exemplar_count_section(results_dir) -> None:
+    t = _status(results_dir, "exemplar_count")
+    if t is None:
+        return
+    show(plots.exemplar_count(t))
+    wide = ex.average_accuracy(t, ["memory_per_class", "curve"]).pivot(index="memory_per_class", columns="curve",
+                                                                       values="ours")
+    _checks(exemplar_count_checks(t))
     md("Average incremental accuracy (%) per R_per (the paper gives no numbers for Fig. 7b):")
     show_table(wide.reset_index())
+
+
+def adaptive_weight_checks(t: pd.DataFrame) -> list[tuple]:
+    stats = ex.average_accuracy(t, ["phases", "classifier", "variant"])
+    rows = []
+    for (p, clf), g in stats.groupby(["phases", "classifier"]):
+        mean, std = g.set_index("variant")["ours"], g.set_index("variant")["ours_std"]
+        if {"adaptive lambda", "fixed lambda_base"} <= set(mean.index):
+            d = mean["adaptive lambda"] - mean["fixed lambda_base"]
+            rows.append((f"{p} phases, {clf}: adaptive > fixed", f"{d:+.2f}", bool(d > 0),
+                         noise(mean["adaptive lambda"], std["adaptive lambda"], mean["fixed lambda_base"],
+                               std["fixed lambda_base"], int(g.runs.min()))))
+    return rows
 
 
 def adaptive_weight_section(results_dir) -> None:
@@ -344,14 +422,23 @@ def adaptive_weight_section(results_dir) -> None:
     show(plots.adaptive_weight(t))
     wide = ex.average_accuracy(t, ["phases", "classifier", "variant"]).pivot_table(
         index=["phases", "classifier"], columns="variant", values="ours")
-    rows = []
-    for (p, clf), r in wide.iterrows():
-        if {"adaptive lambda", "fixed lambda_base"} <= set(r.index):
-            d = r["adaptive lambda"] - r["fixed lambda_base"]
-            rows.append((f"{p} phases, {clf}: adaptive > fixed", f"{d:+.2f}", d > 0))
-    _checks(rows)
+    _checks(adaptive_weight_checks(t))
     md("Average incremental accuracy (%) (the paper gives no numbers for Fig. 8):")
     show_table(wide.reset_index())
+
+
+def confusion_matrices_checks(t: pd.DataFrame) -> list[tuple]:
+    summary = ex.confusion_summary(t)
+    acc = summary.set_index("curve")["acc"]
+    rows = []
+    if {"LUCIR-CNN", "iCaRL-CNN"} <= set(acc.index):
+        s = summary.set_index("curve")
+        rows.append(("iCaRL-CNN puts more old-class images into new classes than LUCIR-CNN",
+                     f"{s.loc['iCaRL-CNN', 'old_as_new']:.1f}% vs {s.loc['LUCIR-CNN', 'old_as_new']:.1f}%",
+                     bool(s.loc["iCaRL-CNN", "old_as_new"] > s.loc["LUCIR-CNN", "old_as_new"])))
+        rows.append(("LUCIR-CNN has the best accuracy of the four", f"{acc['LUCIR-CNN']:.2f} vs max "
+                     f"{acc.drop('LUCIR-CNN').max():.2f}", bool(acc["LUCIR-CNN"] >= acc.max())))
+    return rows
 
 
 def confusion_matrices_section(results_dir) -> None:
@@ -361,19 +448,15 @@ def confusion_matrices_section(results_dir) -> None:
     for setting, part in t.groupby("setting"):
         show(plots.confusion_matrices(part))
     summary = ex.confusion_summary(t)
-    acc = summary.set_index("curve")["acc"]
-    rows = []
-    if {"LUCIR-CNN", "iCaRL-CNN"} <= set(acc.index):
-        s = summary.set_index("curve")
-        rows.append(("iCaRL-CNN puts more old-class images into new classes than LUCIR-CNN",
-                     f"{s.loc['iCaRL-CNN', 'old_as_new']:.1f}% vs {s.loc['LUCIR-CNN', 'old_as_new']:.1f}%",
-                     s.loc["iCaRL-CNN", "old_as_new"] > s.loc["LUCIR-CNN", "old_as_new"]))
-        rows.append(("LUCIR-CNN has the best accuracy of the four", f"{acc['LUCIR-CNN']:.2f} vs max "
-                     f"{acc.drop('LUCIR-CNN').max():.2f}", acc["LUCIR-CNN"] >= acc.max()))
-    _checks(rows)
+    _checks(confusion_matrices_checks(t))
     md("Final accuracy on all classes (%) beside the paper's Fig. 9, and the shares (%) of old-class test images "
        "predicted as new classes (`old_as_new`) and the reverse (`new_as_old`):")
     show_table(summary.rename(columns={"acc": "ours acc"}))
+
+
+def weight_norms_checks(t: pd.DataFrame) -> list[tuple]:
+    return [(f"{r.method}: mean {r.metric} of new classes > old", f"{r.new:.3f} vs {r.old:.3f}", bool(r.new > r.old))
+            for r in ex.weight_norm_summary(t).itertuples() if r.method == "iCaRL"]
 
 
 def weight_norms_section(results_dir) -> None:
@@ -382,12 +465,28 @@ def weight_norms_section(results_dir) -> None:
         return
     show(plots.weight_norms(t))
     s = ex.weight_norm_summary(t)
-    rows = [(f"{r.method}: mean {r.metric} of new classes > old", f"{r.new:.3f} vs {r.old:.3f}", r.new > r.old)
-            for r in s.itertuples() if r.method == "iCaRL"]
-    _checks(rows)
+    _checks(weight_norms_checks(t))
     md("Mean over old and new classes after the last phase (LUCIR's cosine classifier normalises the "
        "embeddings, so their stored norms do not reach the scores):")
     show_table(s, digits=4)
+
+
+CHECKS = {"main_curves": main_curves_checks, "component_ablation": component_ablation_checks,
+          "exemplar_count": exemplar_count_checks, "adaptive_weight": adaptive_weight_checks,
+          "confusion_matrices": confusion_matrices_checks, "weight_norms": weight_norms_checks}
+
+
+def claims(results_dir) -> pd.DataFrame:
+    """Every check of every claim the study could test: figure, check, ours, holds, seed noise."""
+    rows = []
+    for experiment, checks in CHECKS.items():
+        t = tables(results_dir, experiment)
+        if t.empty:
+            continue
+        for r in checks(t):
+            rows.append({"figure": NAMES[experiment], "check": r[0], "ours": r[1], "holds": "yes" if r[2] else "no",
+                         "seed noise": r[3] if len(r) > 3 else ""})
+    return pd.DataFrame(rows, columns=["figure", "check", "ours", "holds", "seed noise"])
 
 
 SECTIONS = {"main_curves": main_curves_section, "component_ablation": component_ablation_section,
@@ -459,3 +558,36 @@ def provenance_section(results_dir) -> None:
     if sidecars:
         md("When each table was written, and by which commit:")
         show_table(pd.DataFrame(sidecars), digits=0)
+
+
+# --------------------------------------------------------------------------- files beside report.html
+def export(results_dir, reports_dir) -> list[Path]:
+    """What a reader of the repository sees without running anything, next to report.html:
+    tables/<experiment>__<setting>.csv (the tidy tables the report was built from, as written by
+    the notebooks), headline.csv (the main-curves summary beside the published numbers),
+    claims.csv (every check of the paper's claims) and main_curves.png (Fig. 5/6 of this study)."""
+    out = Path(reports_dir)
+    written = []
+    study = load_study(results_dir)
+    for experiment in ex.EXPERIMENTS:
+        settings = ([p["setting"] for p in study_pairs(study, experiment) if p["status"] in ("done", "complete earlier")]
+                    if study else [p.stem for p in sorted((ex.resolve_results_dir(results_dir) / "tables" /
+                                                          experiment).glob("*.csv"))])
+        for setting in settings:
+            source = ex.table_path(results_dir, experiment, setting)
+            if source.exists():
+                target = out / "tables" / f"{experiment}__{setting}.csv"
+                res.atomic_write(target, lambda p, text=source.read_text(): Path(p).write_text(text))
+                written.append(target)
+    main = tables(results_dir, "main_curves")
+    if len(main):
+        for name, frame in (("headline.csv", headline_table(main)), ("claims.csv", claims(results_dir))):
+            res.atomic_write(out / name, lambda p, f=frame: f.to_csv(p, index=False, float_format="%.2f"))
+            written.append(out / name)
+        plots.setup()
+        fig = plots.main_curves(main)
+        fig.suptitle(f"{(study or {}).get('profile', 'study')}: accuracy after each phase (mean and std over runs)")
+        res.atomic_write(out / "main_curves.png", lambda p: fig.savefig(p, format="png", dpi=110))
+        plt.close(fig)
+        written.append(out / "main_curves.png")
+    return written

@@ -14,7 +14,16 @@ import torch
 from .config import Config, ConfigError, config_from_dict
 
 # Fields that change how a run is executed, not what it computes.
-RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size")
+RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size", "workers")
+# Fields added after results existed, with the value that computes what runs did before them: a
+# run's name leaves them out while they hold that value, so earlier runs keep their folders.
+NEUTRAL_FIELDS = {"amp": False, "compile": False}
+
+
+def run_identity(config: Config) -> dict:
+    """The config fields that name a run: all but the runtime ones and neutral new ones."""
+    return {k: v for k, v in config.to_dict().items()
+            if k not in RUNTIME_FIELDS and not (k in NEUTRAL_FIELDS and v == NEUTRAL_FIELDS[k])}
 
 
 def atomic_write(path: Path, write) -> None:
@@ -62,8 +71,9 @@ def prepare_out_dir(out_dir: Path, config: Config) -> None:
     """Write config.json, or check that the one there describes the same run."""
     path = Path(out_dir) / "config.json"
     if path.exists():
-        stored = json.loads(path.read_text())
         current = config.to_dict()
+        # a field added after the run was written has its default there
+        stored = {**Config().to_dict(), **json.loads(path.read_text())}
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
         if diff:

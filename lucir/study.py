@@ -5,11 +5,13 @@ the report.
 
 A profile (studies/<name>.yaml) holds `shared` config overrides applied to every run and, per
 notebook, a list of parameter sets. Each pair is executed into
-reports/executed/<notebook>__<setting>.ipynb; a pair whose done marker (written only after
+reports/<profile>/executed/<notebook>__<setting>.ipynb; a pair whose done marker (written only after
 success) matches its parameters is skipped, and the runs behind the notebooks are shared and
 resumed by lucir.experiments. A failing notebook does not stop the others: failures are listed
 at the end and the exit status is 1. The report notebook then reads the tidy results and is
-converted to one self-contained HTML file, reports/report.html (code hidden, figures embedded).
+converted to one self-contained HTML file, reports/<profile>/report.html (code hidden, figures
+embedded), with the tables it was built from (CSV) and its main figure (PNG) beside it.
+Results go to results/<profile>/ unless --results says otherwise.
 Bad input (unknown profile, notebook or parameter) is one line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -350,14 +352,17 @@ def build_report(results_dir: Path, reports_dir: Path) -> Path:
     body = re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', "", body)  # self-contained, offline
     html = reports_dir / "report.html"
     res.atomic_write(html, lambda p: Path(p).write_text(body, encoding="utf-8"))
+    from .report import export
+    export(results_dir, reports_dir)
     return html
 
 
-def run_study(profile: str, results: str = "results", reports: str = "reports", only: list[str] | None = None,
+def run_study(profile: str, results: str | None = None, reports: str | None = None, only: list[str] | None = None,
               jobs: int = 1, device: str | None = None, cache_dir: str | None = None, progress: bool = True) -> int:
     """The whole study; returns the exit status (0, or 1 when a notebook failed)."""
     name, path, content = load_profile(profile)
-    results_dir, reports_dir = Path(results).resolve(), Path(reports).resolve()
+    results_dir = Path(results or Path("results") / name).resolve()
+    reports_dir = Path(reports or Path("reports") / name).resolve()
     # Kernels run in notebooks/: relative data and cache folders must mean what they mean here.
     for var in ("LUCIR_DATA", "LUCIR_CACHE"):
         if os.environ.get(var):
@@ -443,8 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this notebook (repeatable, or comma-separated); the report marks the others "
                         "'not run'")
     p.add_argument("--jobs", type=int, default=1, help="parameter sets run side by side (default 1)")
-    p.add_argument("--results", default="results", help="runs/, tables/ and study/ go here (default results/)")
-    p.add_argument("--reports", default="reports", help="executed notebooks and report.html go here (default reports/)")
+    p.add_argument("--results", help="runs/, tables/ and study/ go here (default results/<profile>)")
+    p.add_argument("--reports", help="report.html, its CSV tables and figures, and the executed notebooks go here "
+                                     "(default reports/<profile>)")
     p.add_argument("--device", help="config device for every run: auto, cpu, cuda, cuda:N (default: the config's auto)")
     p.add_argument("--cache-dir", help="base-phase cache folder (default: $LUCIR_CACHE or ~/.cache/lucir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

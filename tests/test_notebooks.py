@@ -75,7 +75,7 @@ def test_default_parameters_are_the_quick_profile(name, tmp_path):
     defaults = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
     _, _, quick = study.load_profile("quick")
     [pair] = study.build_pairs(quick, tmp_path, [name], {})
-    assert defaults == pair.parameters | {"results_dir": "results"}
+    assert defaults == pair.parameters | {"results_dir": "results/quick"}
     plan_args = {k: v for k, v in defaults.items() if k not in ("setting", "results_dir")}
     plan = experiments.PLANS[name](**plan_args)
     assert {experiments.run_name(r.config()) for r in plan} == {experiments.run_name(r.config()) for r in pair.plan}
