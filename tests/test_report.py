@@ -1,0 +1,98 @@
+"""What the report says about published numbers and claims, and the files it leaves beside
+report.html for a reader of the repository (reports/<profile>/)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lucir import experiments as ex
+from lucir import report
+from lucir.config import ConfigError
+from smoke_study import EXPERIMENTS, smoke_study
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory, cache_dir):
+    return smoke_study(tmp_path_factory, cache_dir)
+
+
+# --------------------------------------------------------------------------- differences to the paper
+def test_comparison_of_a_reduced_setting_is_not_comparable():
+    assert ex.comparison(40.0, 1.0, 63.42, None, reduced=True) == "not comparable: reduced setting"
+    assert ex.comparison(40.0, 1.0, float("nan"), None, reduced=False) == "no published number"
+
+
+def test_comparison_within_and_outside_twice_the_spread_by_hand():
+    # spread = sqrt(0.6^2 + 0.8^2) = 1.0: |diff| 1.9 is within 2x, 2.1 is outside
+    assert ex.comparison(62.1, 0.6, 64.0, 0.8, reduced=False).startswith("within 2x the spread over seeds (1.00)")
+    assert ex.comparison(61.9, 0.6, 64.0, 0.8, reduced=False).startswith("outside 2x the spread over seeds (1.00)")
+    # one run and no published std: nothing to judge the difference by
+    assert ex.comparison(61.9, float("nan"), 64.0, None, reduced=False).startswith("no spread")
+
+
+def _table(reduced: bool, values: dict, setting: str) -> pd.DataFrame:
+    """A main-curves table of two seeds: curve -> per-phase accuracies of seed 0 (seed 1 adds 1)."""
+    rows = []
+    for curve, accs in values.items():
+        for seed in (0, 1):
+            for phase, acc in enumerate(accs):
+                rows.append(dict(experiment="main_curves", setting=setting, dataset="cifar100",
+                                 method=curve.split("-")[0], variant="", classifier=curve.split("-")[1], curve=curve,
+                                 phases=5, seed=seed, class_order_seed=1993, memory_per_class=20, reduced=reduced,
+                                 phase=phase, classes_seen=50 + 10 * phase, metric="acc", value=acc + seed,
+                                 run_dir=f"{setting}/{curve.split('-')[0]}-{seed}", run_seconds=1.0))
+    return pd.DataFrame(rows, columns=ex.TABLE_COLUMNS)
+
+
+def test_main_curves_summary_prints_a_difference_only_for_the_papers_setting():
+    accs = {"LUCIR-CNN": [64.0] * 6, "iCaRL-NME": [58.0] * 6}
+    t = pd.concat([_table(True, accs, "reduced"), _table(False, accs, "paper")], ignore_index=True)
+    s = ex.main_curves_summary(t)
+    lucir = s[(s.curve == "LUCIR-CNN") & (s.source == "paper (PODNet Table 1)")].set_index("setting")
+    assert lucir.loc["reduced", "ours"] == pytest.approx(64.5) and lucir.loc["reduced", "ours_std"] == pytest.approx(
+        math.sqrt(0.5))
+    assert math.isnan(lucir.loc["reduced", "ours - published"])
+    assert lucir.loc["reduced", "comparison"] == "not comparable: reduced setting"
+    assert lucir.loc["paper", "ours - published"] == pytest.approx(64.5 - 63.42)
+    assert lucir.loc["paper", "comparison"].startswith("within 2x the spread")
+
+
+def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
+    # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
+    t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
+    rows = {r[0]: r for r in report.main_curves_checks(t)}
+    beat = rows["s, 5 phases: avg. LUCIR-CNN > iCaRL-CNN"]
+    assert beat[1] == "64.50 vs 60.50" and beat[2] is True and beat[3].startswith("beyond seed noise")
+    nme = rows["s, 5 phases: avg. LUCIR-CNN above LUCIR-NME or within 1 point"]
+    assert nme[2] is True and nme[3].startswith("within seed noise")
+    assert report.noise(64.0, float("nan"), 60.0, float("nan"), runs=1) == "unknown: 1 run"
+
+
+def test_ablation_rows_can_be_chosen():
+    plan = ex.plan_component_ablation(5, [0], [1993], {}, rows=["CN", "CN+LC+IS"])
+    assert [r.method for r in plan] == ["CN", "CN+LC+IS"]
+    assert [r.method for r in ex.plan_component_ablation(5, [0], [1993], {})] == [m for m, _ in ex.ABLATION_ROWS]
+    with pytest.raises(ConfigError, match="unknown ablation row 'LC'"):
+        ex.plan_component_ablation(5, [0], [1993], {}, rows=["LC"])
+
+
+# --------------------------------------------------------------------------- files beside report.html
+def test_report_folder_holds_tables_claims_and_main_figure(study):
+    assert study["proc"].returncode == 0, study["proc"].stderr[-3000:]
+    reports = study["reports"]
+    assert (reports / "report.html").exists()
+    for name in EXPERIMENTS:
+        exported = pd.read_csv(reports / "tables" / f"{name}__synthetic.csv")
+        written = pd.read_csv(study["results"] / "tables" / name / "synthetic.csv")
+        pd.testing.assert_frame_equal(exported, written)
+    headline = pd.read_csv(reports / "headline.csv")
+    assert set(headline.curve) == {"LUCIR-CNN", "LUCIR-NME", "iCaRL-CNN", "iCaRL-NME", "Joint-CNN"}
+    assert (headline.runs == 2).all() and headline["ours std"].notna().all()  # the smoke main curves have 2 seeds
+    claims = pd.read_csv(reports / "claims.csv")
+    assert set(claims.holds) <= {"yes", "no"} and len(claims) >= 10
+    assert (reports / "main_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (reports / "report.html").read_text()
+    assert "claims at this study" in html and "seed noise" in html
