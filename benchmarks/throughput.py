@@ -1,6 +1,7 @@
 """Throughput and memory of the training pipeline; prints its figures (not a test).
 
     python benchmarks/throughput.py [--device cpu|cuda] [--batches 20] [--data /path/to/cifar100]
+    python benchmarks/throughput.py --only jpeg [--jpeg-data /path/to/data] [--jpeg-images 512] [--workers 0,2]
 
 Measures, on the given device:
   1. the bare ResNet-32 training step (cosine head, cross-entropy, SGD) on random tensors;
@@ -11,6 +12,12 @@ Measures, on the given device:
 and the ratio of 3 to the bound the bare parts allow, 1 / (1/train + 1/forward).
 Then the peak resident memory of a real CIFAR-100 run (all 100 classes loaded, B50 + 1
 phase, 100 train images per class, one epoch per phase) in a child process.
+
+The JPEG part (`--only jpeg` runs it alone) measures the ImageNet-style path:
+  4. decode and augment (RandomResizedCrop 224 + flip, normalisation) of the Tiny-ImageNet
+     stand-in's JPEG bytes through EncodedImages.iterate, the DataLoader path the trainer
+     uses, with each number of worker processes in --workers;
+  5. the bare ResNet-18 training step at 224 px (cosine head, cross-entropy, SGD).
 """
 from __future__ import annotations
 
@@ -32,6 +39,42 @@ from lucir.models import add_classes, build_model
 from lucir.trainer import resolve_device, train_epochs
 
 
+def jpeg_benchmark(args, device) -> None:
+    """Decode-and-augment images/s per number of workers, and the bare ResNet-18 step at 224 px."""
+    cfg = make_config("lucir", dataset="tiny_imagenet", data_dir=args.jpeg_data, image_size=224, progress=False,
+                      device=str(device))
+    data = load_dataset(cfg)
+    bs = args.jpeg_batch
+    idx = torch.arange(min(args.jpeg_images, len(data.train)))
+    batches = list(idx.split(bs))
+    print(f"JPEG path: {len(idx)} Tiny-ImageNet images (64 px JPEG) to 224 px crops, batch {bs}, device {device}")
+    for workers in (int(w) for w in args.workers.split(",")):
+        gen = torch.Generator().manual_seed(0)
+        for _ in data.train.iterate(batches[:1], device, train=True, generator=gen, workers=workers):
+            pass  # warm-up: imports, first decode
+        tic = time.perf_counter()
+        for _ in data.train.iterate(batches, device, train=True, generator=gen, workers=workers):
+            pass
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        print(f"decode + augment, {workers} workers:       {len(idx) / (time.perf_counter() - tic):8.0f} images/s")
+    model = build_model("resnet18", 100, True, False).to(device=device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(bs, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (bs,), device=device)
+
+    def train_step():
+        loss = torch.nn.functional.cross_entropy(model(x).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    t = timed(train_step, args.jpeg_steps, 1, device)
+    print(f"bare ResNet-18 training step, 224 px:  {args.jpeg_steps * bs / t:8.1f} images/s "
+          f"({torch.get_num_threads()} threads)")
+
+
 def timed(fn, steps: int, warmup: int, device) -> float:
     for _ in range(warmup):
         fn()
@@ -51,8 +94,18 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     ap.add_argument("--data", default=os.environ.get("LUCIR_DATA", "../shared/data/cifar100"))
     ap.add_argument("--skip-memory", action="store_true", help="skip the peak-memory run")
+    ap.add_argument("--only", choices=("cifar", "jpeg"), help="run one part only (default: both)")
+    ap.add_argument("--jpeg-data", default=os.environ.get("LUCIR_DATA", "../shared/data"),
+                    help="folder of the Tiny-ImageNet stand-in (or its parent)")
+    ap.add_argument("--jpeg-images", type=int, default=512, help="images decoded per worker setting")
+    ap.add_argument("--jpeg-batch", type=int, default=32, help="batch size of the JPEG part")
+    ap.add_argument("--jpeg-steps", type=int, default=5, help="timed ResNet-18 steps")
+    ap.add_argument("--workers", default="0,2", help="comma-separated numbers of decoding workers")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    if args.only == "jpeg":
+        jpeg_benchmark(args, device)
+        return
     torch.manual_seed(0)
     bs, n = 128, args.batches
     cfg = make_config("lucir", data_dir=args.data, progress=False, device=str(device))
@@ -111,6 +164,8 @@ def main() -> None:
     print(f"real LUCIR incremental step:         {real_ips:8.0f} images/s")
     print(f"real / bound:                        {real_ips / bound:8.1%}  (target >= 90%)")
 
+    if args.only != "cifar":
+        jpeg_benchmark(args, device)
     if args.skip_memory:
         return
     with tempfile.TemporaryDirectory() as tmp:

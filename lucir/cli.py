@@ -41,6 +41,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import distributed
     from .data import DataError
     from .trainer import TrainingDiverged, run_incremental
     try:
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; finished phases are kept in {args.out}/checkpoints and the same "
               f"command resumes", file=sys.stderr)
         return 130
-    print(f"average incremental accuracy: CNN {metrics['avg_incremental_accuracy_cnn']:.4f}, "
-          f"NME {metrics['avg_incremental_accuracy_nme']:.4f}; results in {args.out}")
+    finally:
+        distributed.shutdown()  # under torchrun; nothing to do otherwise
+    if distributed.rank_from_env() == 0:
+        print(f"average incremental accuracy: CNN {metrics['avg_incremental_accuracy_cnn']:.4f}, "
+              f"NME {metrics['avg_incremental_accuracy_nme']:.4f}; results in {args.out}")
     return 0

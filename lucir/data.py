@@ -3,13 +3,17 @@
 CIFAR-100 and the synthetic set stay in memory as uint8 tensors; random crop (padding 4),
 flip and normalisation run on a whole batch on the training device, so the hot path has no
 per-sample PIL work. ImageNet-style data (folder layout, or JPEG bytes in the array format)
-is decoded per sample with the paper's ImageNet transforms.
+is decoded per sample with the paper's ImageNet transforms, in DataLoader worker processes
+(config `workers`); each training sample's crop and flip come from its own seed, so the
+result does not depend on the number of workers.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import lzma
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -52,14 +56,54 @@ def phase_classes(sizes: list[int]) -> list[range]:
 
 
 # --------------------------------------------------------------------------- image stores
-class ArrayImages:
+def default_workers() -> int:
+    """Decoding processes when config `workers` is None: one per core this process may use, at
+    most 8 (under torchrun the cores are divided among the ranks of the machine)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cores // max(1, ranks_here)))
+
+
+class _Normalizer:
+    """The mean and std of a store as (1, 3, 1, 1) tensors, made once per device (not per batch)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+        self._stats: dict = {}
+
+    def stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._stats:
+            self._stats[key] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        return self._stats[key]
+
+
+def _shard(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Rank r's part of a global batch of `world` ranks: the r-th of `world` near-equal slices."""
+    rank, world = shard
+    return batch if world == 1 else batch.tensor_split(world)[rank]
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-device copy that does not wait: pinned memory, non_blocking (CUDA only)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class ArrayImages(_Normalizer):
     """uint8 images (N, H, W, 3) kept as one tensor; batches are augmented on the device."""
 
     kind = "array"
 
     def __init__(self, images: np.ndarray | torch.Tensor, mean, std, pad: int = 4):
+        super().__init__(mean, std)
         self.images = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()  # N, 3, H, W
-        self.mean, self.std, self.pad = mean, std, pad
+        self.pad = pad
         self._device_cache: dict = {}
 
     def __len__(self):
@@ -75,12 +119,34 @@ class ArrayImages:
               view: str = "none") -> torch.Tensor:
         """Normalised float batch of images `idx`; random crop + flip when `train`, else the
         test images in the given `view` (see `second_view`)."""
-        x = self.on(device)[idx.to(device)]
+        return next(self.iterate([idx], device, train, generator, view))
+
+    def iterate(self, batches: list[torch.Tensor], device, train: bool, generator: torch.Generator | None = None,
+                view: str = "none", workers: int = 0, shard: tuple[int, int] = (0, 1)):
+        """The normalised batches of the index tensors `batches` (on the CPU), in order; with
+        `shard` = (rank, world), rank's slice of each. The crop offsets and flips of the whole
+        epoch are drawn first, batch by batch in the order `batch` draws them (so the stream of
+        `generator` is the same), and reach the device in one copy. `workers` is unused: the
+        images are in memory."""
+        device = torch.device(device)
+        if not len(batches):
+            return
+        sizes = [len(b) for b in batches]
+        idx = _to_device(torch.cat(list(batches)), device)
+        images = self.on(device)
+        mean, std = self.stats(device)
         if train:
-            x = random_crop_flip(x, self.pad, generator)
-        else:
-            x = second_view(x, view)
-        return normalize(x, self.mean, self.std)
+            drawn = [crop_flip_params(n, self.pad, generator) for n in sizes]
+            offsets = _to_device(torch.cat([d[0] for d in drawn], 1), device).split(sizes, 1)
+            flips = _to_device(torch.cat([d[1] for d in drawn]), device).split(sizes)
+        for k, batch in enumerate(idx.split(sizes)):
+            x = images[_shard(batch, shard)]
+            if train:
+                params = (_shard(offsets[k].t(), shard).t(), _shard(flips[k], shard))
+                x = random_crop_flip(x, self.pad, params=params)
+            else:
+                x = second_view(x, view)
+            yield normalize(x, mean, std)
 
 
 def second_view(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -97,13 +163,22 @@ def second_view(x: torch.Tensor, view: str) -> torch.Tensor:
     raise ValueError(f"unknown view '{view}'; choose channels, horizontal or none")
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+def crop_flip_params(n: int, pad: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (2, n) and flips (n,) for n images, drawn on the CPU from `generator` so
+    that the result does not depend on the device."""
+    off = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return off, flips
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None,
+                     params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Random crop of the original size after zero padding, and a random horizontal flip,
-    for a whole uint8 batch at once. Random numbers come from `generator` (on the CPU) so the
-    result does not depend on the device."""
+    for a whole uint8 batch at once; `params` = crop_flip_params(...) drawn beforehand, else
+    drawn here from `generator`."""
     b, c, h, w = x.shape
-    off = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
-    flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    off, flips = params if params is not None else crop_flip_params(b, pad, generator)
+    off, flips = off.to(x.device), flips.to(x.device)
     xp = F.pad(x, (pad, pad, pad, pad))
     rows = (off[0][:, None] + torch.arange(h, device=x.device))  # b, h
     cols = (off[1][:, None] + torch.arange(w, device=x.device))  # b, w
@@ -114,24 +189,59 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | Non
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    """uint8 batch -> float, (x / 255 - mean) / std, channels-last; mean and std are (1, 3, 1, 1)
+    tensors on x's device (see _Normalizer.stats) or sequences."""
+    m = mean if torch.is_tensor(mean) else torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = std if torch.is_tensor(std) else torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     out = (x.float().div_(255) - m) / s
     return out.contiguous(memory_format=torch.channels_last)
 
 
-class EncodedImages:
+def sample_seed(epoch_key: int, index: int) -> int:
+    """The seed of one training sample's crop and flip: a hash of the epoch's key (drawn from
+    the phase's generator, itself seeded by run seed and phase) and the sample's index."""
+    digest = hashlib.blake2b(f"{epoch_key}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+
+
+def random_resized_crop_box(height: int, width: int, generator: torch.Generator,
+                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of an Inception-style random crop (the paper's RandomResizedCrop):
+    area a uniform share of the image in `scale`, log aspect ratio uniform in `ratio`, up to 10
+    tries, else the largest centred crop whose ratio lies in `ratio`. Draws from `generator`."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class EncodedImages(_Normalizer):
     """JPEG images (file paths or bytes) decoded per sample with the ImageNet transforms of
-    Sec. 4.1: RandomResizedCrop + flip for training, Resize(256/224 * size) + CenterCrop for test."""
+    Sec. 4.1: RandomResizedCrop + flip for training, Resize(256/224 * size) + CenterCrop for test.
+    Batches are decoded in DataLoader worker processes (see `iterate`)."""
 
     kind = "encoded"
 
     def __init__(self, sources: list, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        from torchvision import transforms as T
+        super().__init__(mean, std)
         self.sources, self.size = sources, size
-        self.train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
-        self.test_tf = T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.PILToTensor()])
-        self.mean, self.std = mean, std
+        self.resize = int(round(size * 256 / 224))
 
     def __len__(self):
         return len(self.sources)
@@ -143,15 +253,58 @@ class EncodedImages:
         with fh:
             return Image.open(fh).convert("RGB")
 
+    def decode(self, i: int, seed: int | None = None) -> torch.Tensor:
+        """Image i as uint8 (3, size, size): the test transform when `seed` is None, else the
+        training crop and flip drawn from a generator seeded with `seed`."""
+        from torchvision.transforms import functional as TF
+        img = self._open(i)
+        if seed is None:
+            img = TF.center_crop(TF.resize(img, self.resize), self.size)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            top, left, h, w = random_resized_crop_box(img.height, img.width, g)
+            img = TF.resized_crop(img, top, left, h, w, [self.size, self.size])
+            if torch.rand(1, generator=g).item() < 0.5:
+                img = TF.hflip(img)
+        return TF.pil_to_tensor(img)
+
     def batch(self, idx: torch.Tensor, device, train: bool, generator: torch.Generator | None = None,
               view: str = "none") -> torch.Tensor:
-        # torchvision's random transforms draw from torch's global generator, which the trainer
-        # seeds at the start of every phase; decoding is sequential, so runs are repeatable.
-        tf = self.train_tf if train else self.test_tf
-        x = torch.stack([tf(self._open(int(i))) for i in idx])
-        if not train:
-            x = second_view(x, view)
-        return normalize(x.to(device), self.mean, self.std)
+        return next(self.iterate([idx], device, train, generator, view))
+
+    def iterate(self, batches: list[torch.Tensor], device, train: bool, generator: torch.Generator | None = None,
+                view: str = "none", workers: int = 0, shard: tuple[int, int] = (0, 1)):
+        """The normalised batches of the index tensors `batches` (on the CPU), in order, decoded
+        by `workers` DataLoader processes (0 = in this process) with prefetching, into pinned
+        memory when the device is CUDA, copied without blocking. For training, one key per call
+        (an epoch) is drawn from `generator`; sample i's crop and flip then come from
+        sample_seed(key, i), the same whichever process decodes it. `shard` as in ArrayImages."""
+        from torch.utils.data import DataLoader
+        device = torch.device(device)
+        key = int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if train else None
+        plan = [[(i, sample_seed(key, i) if train else None) for i in _shard(b, shard).tolist()] for b in batches]
+        plan = [b for b in plan if b]
+        loader = DataLoader(_Decoder(self), batch_sampler=plan, num_workers=workers,
+                            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        mean, std = self.stats(device)
+        for x in loader:
+            x = x.to(device, non_blocking=True)
+            if not train:
+                x = second_view(x, view)
+            yield normalize(x, mean, std)
+
+
+class _Decoder(torch.utils.data.Dataset):
+    """Item (index, seed) of an EncodedImages -> its uint8 image (seed None = test transform)."""
+
+    def __init__(self, store: EncodedImages):
+        self.store = store
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, item):
+        return self.store.decode(*item)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -177,8 +330,17 @@ def data_root(config: Config) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lucir" / "data"
 
 
-def _find(root: Path, names: tuple[str, ...], marker: str) -> Path | None:
-    """`root` or one of its subfolders `names` that holds `marker`."""
+# Where each dataset's files are looked for: subfolders of the data root (the root itself is
+# tried first) and the file or folder whose presence marks the right one.
+DATA_FOLDERS = {"cifar100": (("cifar100", "cifar-100"), "labels.npz"),
+                "tiny_imagenet": (("tiny_imagenet_subset", "tiny_imagenet"), "val_jpeg.npz"),
+                "imagenet": (("imagenet", "ILSVRC2012"), "train"),
+                "imagenet_subset": (("imagenet", "ILSVRC2012"), "train")}
+
+
+def find_data_folder(root: Path, dataset: str) -> Path | None:
+    """The folder of `dataset` under the data root (see DATA_FOLDERS), or None when absent."""
+    names, marker = DATA_FOLDERS[dataset]
     for cand in (root, *[root / n for n in names]):
         if (cand / marker).exists():
             return cand
@@ -193,7 +355,7 @@ def _missing(what: str, root: Path, expected: str) -> DataError:
 @lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
 def load_cifar100(root: Path):
     """(train_x, train_y, test_x, test_y, names, source) from the array format or torchvision."""
-    arr = _find(root, ("cifar100", "cifar-100"), "labels.npz")
+    arr = find_data_folder(root, "cifar100")
     if arr is not None:
         try:
             shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
@@ -232,7 +394,7 @@ def _load_xz(path: Path) -> np.ndarray:
 @lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
 def load_tiny_imagenet(root: Path):
     """The Tiny-ImageNet subset in the array format (JPEG bytes), the ImageNet stand-in."""
-    d = _find(root, ("tiny_imagenet_subset", "tiny_imagenet"), "val_jpeg.npz")
+    d = find_data_folder(root, "tiny_imagenet")
     if d is None:
         raise _missing("Tiny-ImageNet subset", root, "train_50per_class_jpeg.npz and val_jpeg.npz")
     out = []
@@ -251,7 +413,7 @@ def load_tiny_imagenet(root: Path):
 @lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
 def load_imagenet_folder(root: Path):
     """ImageNet in the usual layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
-    d = _find(root, ("imagenet", "ILSVRC2012"), "train")
+    d = find_data_folder(root, "imagenet")
     if d is None or not (d / "val").is_dir():
         raise _missing("ImageNet", root, "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     wnids = sorted(p.name for p in (d / "train").iterdir() if p.is_dir())

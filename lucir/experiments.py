@@ -13,7 +13,6 @@ and the runs' files only.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -30,11 +29,6 @@ from . import provenance, published
 from . import results as res
 from .config import Config, ConfigError, make_config
 from .trainer import run_incremental
-
-try:
-    import fcntl
-except ImportError:  # not on POSIX: runs are not locked against a parallel notebook
-    fcntl = None
 
 EXPERIMENTS = ("main_curves", "component_ablation", "exemplar_count", "adaptive_weight",
                "confusion_matrices", "weight_norms")
@@ -80,18 +74,11 @@ def run_dir(config: Config, results_dir) -> Path:
     return resolve_results_dir(results_dir) / "runs" / run_name(config)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path`, so notebooks run side by side never train one run twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        if fcntl:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+def run_lock(folder: Path):
+    """An exclusive lock on a run folder (a file beside it), so that notebooks and the study's
+    workers running side by side never train one run twice: the second waits, then loads."""
+    folder = Path(folder)
+    return res.locked(folder.parent / f".{folder.name}.lock")
 
 
 # --------------------------------------------------------------------------- plans (one per notebook)
@@ -168,7 +155,7 @@ def run_plan(plan: list[PlannedRun], results_dir) -> list[dict]:
         folder = run_dir(config, results_dir)
         label = " ".join(x for x in (planned.method, planned.variant) if x)
         bar.set_postfix_str(f"{label}, {config.phases} phases, seed {config.seed}")
-        with _locked(folder.parent / f".{folder.name}.lock"):
+        with run_lock(folder):
             metrics = run_incremental(config, folder)
         out.append({"planned": planned, "config": config, "run_dir": folder, "metrics": metrics})
         bar.update()

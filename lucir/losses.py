@@ -1,4 +1,5 @@
-"""The losses of the paper as pure functions of tensors (Eq. 1, 2, 5, 6, 7, 8, 9).
+"""The losses of the paper as pure functions of tensors (Eq. 1, 2, 5, 6, 7, 8; their sum, Eq. 9,
+is lucir.trainer.batch_loss).
 
 No hidden state, no hooks: the model returns cosine scores and features, the trainer passes
 them here.
@@ -63,16 +64,15 @@ def margin_ranking(cos_scores: torch.Tensor, targets: torch.Tensor, n_old: int,
     Returns the mean over all (anchor, hard negative) pairs, as the official code does (Eq. 8
     summed over k, averaged over anchors, divided by K); zero when the batch has no old sample
     (or the scores have no new-class column)."""
-    anchors = targets < n_old
-    if not anchors.any() or cos_scores.shape[1] <= n_old:  # no old sample, or no new class
+    n_new = cos_scores.shape[1] - n_old
+    if n_new <= 0:  # no new-class column: a fact of the shapes, not of the data
         return cos_scores.sum() * 0.0  # keeps the graph and the device
-    scores = cos_scores[anchors]
-    positive = scores.gather(1, targets[anchors].unsqueeze(1))           # <theta(x), f(x)>
-    hard_negatives = scores[:, n_old:].topk(min(k, scores.shape[1] - n_old), dim=1).values            # top-K new classes
-    return F.relu(margin - positive + hard_negatives).mean()
-
-
-def lucir_objective(ce: torch.Tensor, lf: torch.Tensor, lam: float, mr: torch.Tensor) -> torch.Tensor:
-    """Eq. 9: mean over the batch of (L_ce + lambda L_dis^G) + mean over old samples of L_mr.
-    `ce` and `lf` are batch means already, `mr` the mean over the old samples' pairs."""
-    return ce + lam * lf + mr
+    # Every row is computed and the non-anchors are masked out, so there is no data-dependent
+    # branch and no boolean indexing (either would wait for the GPU). The anchors' pairs get the
+    # same gradients as the mean over the anchors alone; no anchor gives exactly 0.
+    anchors = (targets < n_old).unsqueeze(1)                              # B, 1
+    positive = cos_scores.gather(1, targets.unsqueeze(1))                 # <theta(x), f(x)>
+    hard_negatives = cos_scores[:, n_old:].topk(min(k, n_new), dim=1).values  # top-K new classes
+    pairs = torch.where(anchors, F.relu(margin - positive + hard_negatives), 0.0)
+    count = (anchors.sum() * hard_negatives.shape[1]).clamp(min=1).to(pairs.dtype)
+    return pairs.sum() / count

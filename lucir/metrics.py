@@ -3,6 +3,7 @@ forgetting, average incremental accuracy (Sec. 4.1)."""
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 
 def accuracy(pred, target) -> float:
@@ -19,10 +20,14 @@ def split_accuracy(pred, target, n_old: int) -> tuple[float, float]:
 
 
 def confusion_matrix(pred, target, num_classes: int) -> np.ndarray:
-    """counts[i, j] = test samples of class i predicted as class j."""
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(target), np.asarray(pred)), 1)
-    return m
+    """counts[i, j] = test samples of class i predicted as class j (scikit-learn's, over the
+    labels 0 .. num_classes - 1; a label outside them is an error, not dropped as sklearn would)."""
+    pred, target = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    if len(target) == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    if min(pred.min(), target.min()) < 0 or max(pred.max(), target.max()) >= num_classes:
+        raise ValueError(f"confusion_matrix: labels must lie in 0..{num_classes - 1}")
+    return sk_confusion_matrix(target, pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def average_incremental_accuracy(accuracies) -> float:

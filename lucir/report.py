@@ -220,11 +220,63 @@ def _device_text(device: dict) -> str:
 
 
 # --------------------------------------------------------------------------- settings
+# The protocol of a run as the settings table shows it: (label, config field or a function of the config).
+PROTOCOL = [
+    ("dataset", "dataset"), ("classes", "num_classes"), ("classes in the base phase", "base_classes"),
+    ("incremental phases", "phases"), ("train images per class", "train_per_class"),
+    ("test images per class", "test_per_class"), ("exemplars per class (R_per)", "memory_per_class"),
+    ("fixed total memory (R_total)", "memory_total"), ("base-phase epochs", "base_epochs"),
+    ("base-phase lr steps after epochs", "base_lr_milestones"), ("epochs per incremental phase", "epochs"),
+    ("incremental lr steps after epochs", "lr_milestones"), ("batch size", "batch_size"), ("lr", "lr"),
+    ("lambda_base", "lambda_base"), ("NME second view (nme_flip)", "nme_flip"), ("class order seed", "class_order_seed"),
+    ("run seeds", "seed"),
+]
+
+
+def _resolved(config: dict, field: str, sizes: tuple) -> object:
+    """A config value with None spelled out as what it means for this dataset."""
+    value = config.get(field)
+    if value is None and field in ("num_classes", "train_per_class", "test_per_class"):
+        return f"all ({sizes[('num_classes', 'train_per_class', 'test_per_class').index(field)]})"
+    if value is None and field in ("base_epochs", "base_lr_milestones"):
+        return _resolved(config, field[len("base_"):], sizes)
+    if value is None:
+        return "none"
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def protocol_table(results_dir) -> pd.DataFrame:
+    """Every protocol value the runs of this study used (resolved), beside the paper's."""
+    from .scheduler import DATASET_SIZE
+    runs = runs_table(results_dir)
+    if runs.empty:
+        return pd.DataFrame(columns=["setting", "this study", "paper"])
+    rows = []
+    for dataset in sorted({c["dataset"] for c in runs.config}):
+        configs = [c for c in runs.config if c["dataset"] == dataset]
+        sizes = DATASET_SIZE.get(dataset, ("?", "?", "?"))
+        paper = published.paper_config(dataset).to_dict()
+        # values the paper runs several of: the phase counts of Fig. 5/6, and 3 runs (our paper profile's seeds)
+        several = {"phases": ["1", "2", "5", "10"] if dataset == "cifar100" else ["5", "10"], "seed": ["0", "1", "2"]}
+        for label, field in PROTOCOL:
+            ours = sorted({str(_resolved(c, field, sizes)) for c in configs}, key=lambda v: (len(v), v))
+            ref = several.get(field, [str(_resolved(paper, field, sizes))])
+            same = "yes" if ours == ref else ("some of the paper's" if set(ours) < set(ref) else "no")
+            rows.append({"dataset": plots.DATASET_NAMES.get(dataset, dataset), "setting": label,
+                         "this study": "; ".join(ours), "paper": "; ".join(ref), "same as the paper": same})
+    return pd.DataFrame(rows)
+
+
 def settings_section(results_dir) -> None:
-    """The profile's shared overrides and parameter sets beside the paper profile's."""
+    """The protocol of the runs, the profile's shared overrides and parameter sets beside the paper's."""
     study = load_study(results_dir)
     paper_path = REPO_ROOT / "studies" / "paper.yaml"
     paper = yaml.safe_load(paper_path.read_text()) if paper_path.exists() else {"notebooks": {}}
+    protocol = protocol_table(results_dir)
+    if len(protocol):
+        md("The protocol of every run behind this report (values resolved from each run's config.json; several "
+           "values are separated by ';'), beside the paper's (Sec. 4.1):")
+        show_table(protocol)
     if study:
         shared = study.get("shared") or {}
         md("Config fields set for every run by the profile (`shared`):")

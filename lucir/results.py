@@ -2,6 +2,7 @@
 metrics.csv (long format), confusion matrices, weight norms and per-phase checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -12,6 +13,11 @@ import pandas as pd
 import torch
 
 from .config import Config, ConfigError, config_from_dict
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: `locked` locks nothing
+    fcntl = None
 
 # Fields that change how a run is executed, not what it computes.
 RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size", "workers")
@@ -24,6 +30,23 @@ def run_identity(config: Config) -> dict:
     """The config fields that name a run: all but the runtime ones and neutral new ones."""
     return {k: v for k, v in config.to_dict().items()
             if k not in RUNTIME_FIELDS and not (k in NEUTRAL_FIELDS and v == NEUTRAL_FIELDS[k])}
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock (fcntl.flock) on the file `path`, created if missing, held inside the
+    `with`. Processes that share a results or cache folder take turns; on a system without
+    fcntl it locks nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        if fcntl:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -137,18 +160,25 @@ def save_checkpoint(out_dir, phase: int, state: dict) -> None:
     atomic_write(checkpoint_path(out_dir, phase), lambda p: torch.save(state, p))
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint in a run folder cannot be read; like a config mismatch, the folder needs a look."""
+
+
 def latest_checkpoint(out_dir) -> dict | None:
-    """The state of the last complete phase, or None to start from the beginning."""
+    """The state of the last checkpointed phase, or None to start from the beginning. Checkpoints
+    are written atomically, so one that cannot be read was damaged afterwards: an error naming it,
+    not a silent retrain. They hold only tensors, numbers, strings, lists and dicts (weights_only)."""
     folder = Path(out_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
     phases = sorted((int(p.stem.split("_")[1]) for p in folder.glob("phase_*.pt")), reverse=True)
-    for t in phases:
-        try:
-            return torch.load(checkpoint_path(out_dir, t), map_location="cpu", weights_only=False)
-        except Exception:  # an unreadable file is skipped; the phase is trained again
-            continue
-    return None
+    if not phases:
+        return None
+    path = checkpoint_path(out_dir, phases[0])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}); delete it to train phase {phases[0]} "
+                              f"again") from None
 
 
 def load_run(out_dir) -> dict:

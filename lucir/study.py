@@ -1,16 +1,20 @@
-"""The batch runner: every (notebook, parameter set) of a study profile through papermill, then
-the report.
+"""The batch runner: plan every run of a study profile, train them on an executor, then execute
+the notebooks with papermill and render the report.
 
-    python -m lucir.study --profile quick [--only NOTEBOOK] [--jobs N] [--results DIR] [--device DEV]
+    python -m lucir.study --profile quick [--only NOTEBOOK] [--jobs N|auto] [--results DIR] [--device DEV]
+                          [--executor local|ray] [--runs-per-gpu K] [--address ADDR]
 
 A profile (studies/<name>.yaml) holds `shared` config overrides applied to every run and, per
-notebook, a list of parameter sets. Each pair is executed into
-reports/<profile>/executed/<notebook>__<setting>.ipynb; a pair whose done marker (written only after
-success) matches its parameters is skipped, and the runs behind the notebooks are shared and
-resumed by lucir.experiments. A failing notebook does not stop the others: failures are listed
-at the end and the exit status is 1. The report notebook then reads the tidy results and is
-converted to one self-contained HTML file, reports/<profile>/report.html (code hidden, figures
-embedded), with the tables it was built from (CSV) and its main figure (PNG) beside it.
+notebook, a list of parameter sets. A pair whose done marker (written only after success) matches
+its parameters is skipped. Of the others, every run their notebooks will ask for is collected,
+once per run folder, and trained by lucir.scheduler (base phases shared by several runs first);
+then each pair is executed into reports/<profile>/executed/<notebook>__<setting>.ipynb, where the
+notebook only loads its finished runs. A failing run does not stop the others: the notebooks
+that need it are marked failed (not executed), failures are listed at the end and the exit
+status is 1. The report notebook then reads the tidy results and is converted to one
+self-contained HTML file, reports/<profile>/report.html (code hidden, figures embedded), with the
+tables it was built from (CSV) and its main figure (PNG) beside it. Several invocations on one
+results folder (e.g. with different --only) merge their notebooks into study/study.json.
 Results go to results/<profile>/ unless --results says otherwise.
 Bad input (unknown profile, notebook or parameter) is one line on stderr and exit status 2.
 """
@@ -23,7 +27,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -32,10 +35,10 @@ from pathlib import Path
 
 import yaml
 
-from . import experiments, provenance
+from . import experiments, provenance, scheduler
 from . import results as res
-from .config import ConfigError, phase_sizes
-from .memory import exemplars_per_class
+from .config import ConfigError
+from .scheduler import run_cost  # noqa: F401  (the cost model, used by the README's projections)
 
 REPO_ROOT = provenance.REPO_ROOT
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -43,11 +46,6 @@ STUDIES_DIR = REPO_ROOT / "studies"
 REPORT = "report"
 COMMON_PARAMETERS = ("setting", "results_dir", "config_overrides")
 TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
-# For the progress bar only: classes and train images per class of each dataset, and the work
-# (in image-epochs) that loading the data and starting a kernel costs.
-DATASET_SIZE = {"cifar100": (100, 500, 100), "imagenet": (1000, 1300, 50), "imagenet_subset": (100, 1300, 50),
-                "tiny_imagenet": (200, 50, 50), "synthetic": (10, 50, 20)}
-NOTEBOOK_OVERHEAD = 3000.0
 # The kernels' own log (e.g. ipykernel's warning about TCP transport) would break the progress bar.
 QUIET_KERNEL = {"extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
 
@@ -198,90 +196,6 @@ def _marker_seconds(results_dir: Path, pair: Pair) -> float | None:
         return None
 
 
-# --------------------------------------------------------------------------- the progress bar
-def run_cost(config) -> list[float]:
-    """Rough work of each phase of a run, in image-epochs (for the ETA only)."""
-    n_cls, per_class, test_per_class = DATASET_SIZE.get(config.dataset, (100, 500, 100))
-    n_cls = config.num_classes or n_cls
-    per, test = config.train_per_class or per_class, config.test_per_class or test_per_class
-    costs, seen = [], 0
-    for t, size in enumerate(phase_sizes(n_cls, config.base_classes, config.phases)):
-        old, seen = seen, seen + size
-        mem = exemplars_per_class(max(seen, 1), config.memory_per_class, config.memory_total)
-        if t == 0:
-            work = size * per * (config.base_epochs or config.epochs)
-        else:
-            images = seen * per if config.joint_training else size * per + mem * old
-            work = images * config.epochs * (1.25 if config.distillation else 1.0)
-            work += 0.3 * mem * seen * config.cbf_epochs if config.class_balanced_finetune else 0.0
-        costs.append(work + 0.25 * (seen * test + size * per + 2 * mem * seen))
-    return costs
-
-
-class Progress:
-    """One bar over the work of every run still to do; a thread follows the runs' metrics.json
-    (written after each phase), so the bar and its ETA move within a notebook too."""
-
-    def __init__(self, pairs: list[Pair], results_dir: Path, desc: str, enabled: bool = True):
-        from tqdm.auto import tqdm
-        from .trainer import base_cache_path
-        self.tracked, claimed, bases = [], set(), set()
-        for pair in pairs:
-            for planned in pair.plan:
-                c = planned.config()
-                folder = experiments.run_dir(c, results_dir)
-                if folder in claimed or res.is_complete(folder):
-                    continue
-                claimed.add(folder)
-                costs = run_cost(c)
-                base = base_cache_path(c, phase_sizes(c.num_classes or DATASET_SIZE.get(c.dataset, (100,))[0],
-                                                      c.base_classes, c.phases)[0])
-                if (c.cache_base and base.exists()) or (c.cache_base and base in bases):
-                    costs[0] = 0.25 * costs[0] / max(c.base_epochs or c.epochs, 1)
-                bases.add(base)
-                self.tracked.append((folder, costs, self._phases_done(folder)))
-        self.overhead = NOTEBOOK_OVERHEAD
-        self.total = sum(sum(c[k0:]) for _, c, k0 in self.tracked) + self.overhead * (len(pairs) + 1)
-        self.pairs_done, self.lock, self.stop = 0, threading.Lock(), threading.Event()
-        self.bar = tqdm(total=max(self.total, 1.0), desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
-        self.watcher = threading.Thread(target=self._watch, daemon=True)
-        self.watcher.start()
-
-    @staticmethod
-    def _phases_done(folder: Path) -> int:
-        try:
-            return len(json.loads((folder / "metrics.json").read_text())["phases"])
-        except (OSError, ValueError, KeyError):
-            return 0
-
-    def work_done(self) -> float:
-        runs = sum(sum(c[k0:max(k0, self._phases_done(f))]) for f, c, k0 in self.tracked)
-        return min(runs + self.overhead * self.pairs_done, self.total)
-
-    def update(self, desc: str | None = None, postfix: str | None = None) -> None:
-        with self.lock:
-            if desc is not None:
-                self.bar.set_description_str(desc, refresh=False)
-            if postfix is not None:
-                self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.n = self.work_done()
-            self.bar.refresh()
-
-    def pair_finished(self) -> None:
-        self.pairs_done += 1
-        self.update()
-
-    def _watch(self) -> None:
-        while not self.stop.wait(2.0):
-            self.update()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.update()
-        self.bar.close()
-
-
 # --------------------------------------------------------------------------- execution
 def execute_pair(pair: Pair, results_dir: Path, reports_dir: Path) -> dict:
     """Run one notebook with papermill; write its done marker only after success."""
@@ -307,11 +221,7 @@ def execute_pair(pair: Pair, results_dir: Path, reports_dir: Path) -> dict:
 
 def data_provenance(pairs: list[Pair]) -> list[dict]:
     """Checksums of the data folder of every real dataset the study uses."""
-    from .data import _find, data_root
-    markers = {"cifar100": (("cifar100", "cifar-100"), "labels.npz"),
-               "tiny_imagenet": (("tiny_imagenet_subset", "tiny_imagenet"), "val_jpeg.npz"),
-               "imagenet": (("imagenet", "ILSVRC2012"), "train"),
-               "imagenet_subset": (("imagenet", "ILSVRC2012"), "train")}
+    from .data import data_root, find_data_folder
     out, seen = [], set()
     for pair in pairs:
         for planned in pair.plan[:1]:
@@ -319,8 +229,7 @@ def data_provenance(pairs: list[Pair]) -> list[dict]:
             if c.dataset == "synthetic" or c.dataset in seen:
                 continue
             seen.add(c.dataset)
-            names, marker = markers[c.dataset]
-            folder = _find(data_root(c), names, marker)
+            folder = find_data_folder(data_root(c), c.dataset)
             out.append({"dataset": c.dataset, "folder": str(folder or data_root(c)), "found": folder is not None,
                         "files": provenance.data_checksums(folder) if folder else []})
     return out
@@ -357,9 +266,32 @@ def build_report(results_dir: Path, reports_dir: Path) -> Path:
     return html
 
 
+def merge_study(path: Path, record: dict) -> None:
+    """Write study.json under a lock, keeping what other invocations on this results folder
+    recorded: their pairs (by key) and runs (by name) stay, this invocation's replace them."""
+    with res.locked(path.with_name(".study.json.lock")):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        pairs = {p["key"]: p for p in old.get("pairs", [])} | {p["key"]: p for p in record["pairs"]}
+        runs = {r["name"]: r for r in old.get("runs", [])} | {r["name"]: r for r in record.get("runs", [])}
+        res.write_json(path, record | {"pairs": list(pairs.values()), "runs": list(runs.values())})
+
+
+def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu: int, address: str | None,
+                  cpus_per_run: int):
+    if kind == "ray":
+        return scheduler.RayExecutor(address, device, runs_per_gpu, cpus_per_run)
+    return scheduler.LocalExecutor(scheduler.local_slots(device, jobs, runs_per_gpu))
+
+
 def run_study(profile: str, results: str | None = None, reports: str | None = None, only: list[str] | None = None,
-              jobs: int = 1, device: str | None = None, cache_dir: str | None = None, progress: bool = True) -> int:
-    """The whole study; returns the exit status (0, or 1 when a notebook failed)."""
+              jobs: int | None = None, device: str | None = None, cache_dir: str | None = None, progress: bool = True,
+              executor: str = "local", runs_per_gpu: int = 1, address: str | None = None,
+              cpus_per_run: int = 1) -> int:
+    """The whole study; returns the exit status (0, or 1 when a run or a notebook failed).
+    `jobs` None is 'auto' (see scheduler.local_slots)."""
     name, path, content = load_profile(profile)
     results_dir = Path(results or Path("results") / name).resolve()
     reports_dir = Path(reports or Path("reports") / name).resolve()
@@ -379,54 +311,83 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     pairs = build_pairs(content, results_dir, only, runtime)
     data = data_provenance(pairs)
     preflight_data(data)
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between the kernels
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     started = provenance.now()
     todo = [p for p in pairs if not is_done(results_dir, p)]
+    tasks, earlier = scheduler.collect_runs(todo, results_dir)
     records = {p.key: {"key": p.key, "notebook": p.notebook, "setting": p.setting, "status": "complete earlier",
                        "parameters": p.parameters, "seconds": _marker_seconds(results_dir, p)} for p in pairs}
+    run_records = {t.name: {"name": t.name, "label": t.label, "needed_by": t.needed_by, "status": status}
+                   for status, group in (("complete earlier", earlier), ("not started", tasks)) for t in group}
+    for pair in todo:
+        records[pair.key]["status"] = "not started"
     study_file = results_dir / "study" / "study.json"
 
     def write_study(finished=None):
-        res.write_json(study_file, {
+        merge_study(study_file, {
             "profile": name, "profile_path": str(path), "description": content.get("description", ""),
-            "shared": content.get("shared") or {}, "notebooks": content["notebooks"], "only": only, "jobs": jobs,
-            "runtime": runtime, "started": started, "finished": finished, "pairs": list(records.values()),
+            "shared": content.get("shared") or {}, "notebooks": content["notebooks"], "only": only,
+            "executor": executor, "jobs": jobs or "auto", "runtime": runtime, "started": started,
+            "finished": finished, "pairs": list(records.values()), "runs": list(run_records.values()),
             "provenance": provenance.collect() | {"data": data}})
 
     write_study()
     print(f"study '{name}': {len(pairs)} notebook runs, {len(pairs) - len(todo)} complete earlier, "
           f"{len(todo)} to run; results in {results_dir}", file=sys.stderr)
-    bar = Progress(todo, results_dir, f"study {name}", enabled=progress)
-    bar.update(postfix=f"0/{len(todo)} notebooks")
-    failures, finished = [], 0
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    runner = make_executor(executor, device, jobs, runs_per_gpu, address, cpus_per_run) if tasks else None
+    bases = len({t.base for t in tasks if t.base})
+    print(f"{len(tasks)} runs to train ({len(earlier)} complete earlier; {bases} distinct cached base phases)"
+          + (f"; {runner.describe()}" if runner else ""), file=sys.stderr)
+    bar = scheduler.Progress(tasks, len(todo), f"study {name}", enabled=progress)
+    bar.update(postfix=f"0/{len(tasks)} runs")
+    failures, failed_runs, finished = [], {}, 0
     try:
-        futures = {}
+        outcomes = scheduler.execute(tasks, runner, bar) if runner else {}
+        for run_name, outcome in outcomes.items():
+            run_records[run_name].update({k: v for k, v in outcome.items() if k != "name"})
+        blocked: dict = {}
+        for t in tasks:
+            if outcomes.get(t.name, {}).get("status") == "failed":
+                failed_runs[t.name] = (t, outcomes[t.name]["error"])
+                for key in t.needed_by:
+                    blocked.setdefault(key, []).append(t.name)
         for pair in todo:
-            records[pair.key]["status"] = "not started"
-            futures[pool.submit(execute_pair, pair, results_dir, reports_dir)] = pair
-        for future in as_completed(futures):
-            result = future.result()
-            records[result["key"]].update(result)
-            finished += 1
-            if result["status"] == "failed":
-                failures.append(result)
-                bar.bar.write(f"FAILED {result['key']}: {result['error']}", file=sys.stderr)
-            bar.pair_finished()
-            bar.update(postfix=f"{finished}/{len(todo)} notebooks")
-            write_study()
-        pool.shutdown()
+            if pair.key in blocked:
+                first = blocked[pair.key][0]
+                records[pair.key].update({"status": "failed", "seconds": 0.0,
+                                          "error": f"run {first} failed: {failed_runs[first][1]}",
+                                          "executed": "not executed: a run it needs failed"})
+                failures.append(records[pair.key])
+                bar.notebook_finished()
+        write_study()
+        runnable = [p for p in todo if p.key not in blocked]
+        bar.update(postfix=f"0/{len(runnable)} notebooks")
+        with ThreadPoolExecutor(max_workers=max(1, min(4, scheduler.cpu_threads(), len(runnable)))) as pool:
+            futures = [pool.submit(execute_pair, pair, results_dir, reports_dir) for pair in runnable]
+            for future in as_completed(futures):
+                result = future.result()
+                records[result["key"]].update(result)
+                finished += 1
+                if result["status"] == "failed":
+                    failures.append(result)
+                    bar.write(f"FAILED {result['key']}: {result['error']}")
+                bar.notebook_finished()
+                bar.update(postfix=f"{finished}/{len(runnable)} notebooks")
+                write_study()
         bar.update(postfix="report")
         write_study(finished=provenance.now())
-        try:
-            html, report_error = build_report(results_dir, reports_dir), None
-        except Exception as e:  # noqa: BLE001  (still list the notebook failures below)
-            html, report_error = None, f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}"
-        bar.pair_finished()
+        # One report at a time per results folder: the last one built sees every invocation's notebooks.
+        with res.locked(results_dir / "study" / ".report.lock"):
+            try:
+                html, report_error = build_report(results_dir, reports_dir), None
+            except Exception as e:  # noqa: BLE001  (still list the failures below)
+                html, report_error = None, f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}"
+        bar.notebook_finished()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: start no further notebook
         bar.close()
+    if failed_runs:
+        print(f"{len(failed_runs)} run(s) failed (the other runs finished):", file=sys.stderr)
+        for run_name, (t, error) in failed_runs.items():
+            print(f"  {run_name} ({t.label}): {error}\n    needed by {', '.join(t.needed_by)}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} notebook run(s) failed (the others ran; the report marks them):", file=sys.stderr)
         for f in failures:
@@ -436,7 +397,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
               f"{reports_dir / 'executed' / (REPORT + '.ipynb')}", file=sys.stderr)
         return 1
     print(html)
-    return 1 if failures else 0
+    return 1 if failures or failed_runs else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,7 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NOTEBOOK",
                    help="run only this notebook (repeatable, or comma-separated); the report marks the others "
                         "'not run'")
-    p.add_argument("--jobs", type=int, default=1, help="parameter sets run side by side (default 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: worker processes on this machine (default); ray: Ray tasks, on a local Ray "
+                        "cluster or the one at --address (needs pip install -e \".[ray]\")")
+    p.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="local executor: runs trained at once (default auto: on a CPU one run with every core, "
+                        "on GPUs --runs-per-gpu runs per GPU); on a CPU each run gets cores // N threads")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
+                   help="runs sharing each GPU at once (default 1); with Ray each run asks for 1/K of a GPU")
+    p.add_argument("--address", help="ray executor: the cluster to join (e.g. ray://head:10001 or auto); "
+                                     "default: start a local Ray cluster")
+    p.add_argument("--cpus-per-run", type=int, default=1, metavar="N",
+                   help="ray executor: CPUs each run asks for, and its torch threads (default 1)")
     p.add_argument("--results", help="runs/, tables/ and study/ go here (default results/<profile>)")
     p.add_argument("--reports", help="report.html, its CSV tables and figures, and the executed notebooks go here "
                                      "(default reports/<profile>)")
@@ -460,13 +432,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     only = [n.strip() for item in args.only or [] for n in item.split(",") if n.strip()] or None
-    if args.jobs < 1:
-        print("error: --jobs must be at least 1", file=sys.stderr)
+    if args.jobs == "auto":
+        jobs = None
+    elif args.jobs.isdigit() and int(args.jobs) >= 1:
+        jobs = int(args.jobs)
+    else:
+        print(f"error: --jobs must be a number of at least 1 or 'auto', got '{args.jobs}'", file=sys.stderr)
         return 2
+    for option, value in (("--runs-per-gpu", args.runs_per_gpu), ("--cpus-per-run", args.cpus_per_run)):
+        if value < 1:
+            print(f"error: {option} must be at least 1", file=sys.stderr)
+            return 2
+    if args.address and args.executor != "ray":
+        print("error: --address is for --executor ray", file=sys.stderr)
+        return 2
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print('error: --executor ray needs Ray, which is not installed: pip install -e ".[ray]"',
+                  file=sys.stderr)
+            return 2
     try:
-        return run_study(args.profile, args.results, args.reports, only, args.jobs, args.device, args.cache_dir,
-                         progress=not args.no_progress)
-    except StudyError as e:
+        return run_study(args.profile, args.results, args.reports, only, jobs, args.device, args.cache_dir,
+                         progress=not args.no_progress, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
+                         address=args.address, cpus_per_run=args.cpus_per_run)
+    except (StudyError, scheduler.ExecutorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ optionally finetune on a class-balanced set, evaluate CNN and NME, write a check
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -19,12 +20,20 @@ from tqdm.auto import tqdm
 
 from . import losses
 from . import results as res
-from .config import Config, ConfigError, phase_sizes
-from .data import Dataset, data_root, load_dataset, phase_classes
+from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
+from .data import Dataset, data_root, default_workers, load_dataset, phase_classes
+from .distributed import all_sum, barrier, is_main, share, sync_module, world_size, wrap
+from .distributed import rank as dist_rank
+from .distributed import setup as dist_setup
 from .memory import class_means, exemplars_per_class, herding, nme_predict
 from .metrics import (accuracy, average_incremental_accuracy, confusion_matrix, forgetting,
                       group_accuracies, split_accuracy)
-from .models import Net, add_classes, build_model, imprint_weights, merge_head, weight_norms
+from .models import Net, Output, add_classes, build_model, imprint_weights, merge_head, weight_norms
+
+
+# Called after every training epoch as epoch_hook(desc, epoch, epochs) when set. Only lucir.scheduler's
+# worker processes set it (to show each busy worker's phase and epoch); it observes, never changes, a run.
+epoch_hook = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,6 +51,18 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
 
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast (config `amp`) where the device supports it; otherwise (and when off)
+    a context that changes nothing, so the default stays the paper's fp32."""
+    if enabled and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_workers(workers: int | None) -> int:
+    return default_workers() if workers is None else workers
+
+
 def phase_seed(seed: int, phase: int) -> int:
     """Each phase draws from its own seed, so a resumed run repeats an uninterrupted one."""
     return seed * 1000 + phase
@@ -49,21 +70,29 @@ def phase_seed(seed: int, phase: int) -> int:
 
 # --------------------------------------------------------------------------- features
 @torch.no_grad()
-def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view: str = "none"):
-    """(features, logits) of images `idx` with test-time transforms (and `view`), in eval mode."""
+def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view: str = "none",
+            workers: int = 0, amp: bool = False):
+    """(features, logits) of images `idx` with test-time transforms (and `view`), in eval mode.
+    JPEG images are decoded by `workers` processes; the results reach the host in one copy."""
     model.eval()
     feats, logits = [], []
-    for chunk in idx.split(batch_size):
-        out = model(images.batch(chunk, device, train=False, view=view))
-        feats.append(out.features.float().cpu())
-        logits.append(out.logits.float().cpu())
-    return torch.cat(feats), torch.cat(logits)
+    for x in images.iterate(list(idx.split(batch_size)), device, train=False, view=view, workers=workers):
+        with autocast(torch.device(device), amp):
+            out = model(x)
+        feats.append(out.features.float())
+        logits.append(out.logits.float())
+    if not feats:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(feats).cpu(), torch.cat(logits).cpu()
 
 
 # --------------------------------------------------------------------------- the batch loss
 def batch_loss(c: Config, out, old, targets: torch.Tensor, n_old: int, lam: float) -> dict:
     """The loss terms of one batch; their sum is Eq. 9 for LUCIR (or the baseline's loss).
-    `old` is the frozen old model's output on the same batch, None without distillation."""
+    `old` is the frozen old model's output on the same batch, None without distillation.
+    The losses are computed in float32 whatever precision the forward pass ran in (`amp`)."""
+    out = Output(*(t.float() for t in out))
+    old = None if old is None else Output(*(t.float() for t in old))
     terms = {"ce": losses.cross_entropy(out.logits, targets)}                          # Eq. 1
     if old is None:
         return terms
@@ -81,11 +110,20 @@ def batch_loss(c: Config, out, old, targets: torch.Tensor, n_old: int, lam: floa
 def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: torch.Tensor, c: Config,
                  params, epochs: int, lr: float, milestones, n_old: int, lam: float, device,
                  generator: torch.Generator, desc: str, frozen_backbone: bool = False) -> dict:
-    """SGD over `train_idx` for `epochs` epochs, lr stepped per epoch at `milestones`."""
+    """SGD over `train_idx` for `epochs` epochs, lr stepped per epoch at `milestones`.
+    Under torchrun each rank trains on its slice of every global batch of `batch_size` (the
+    same permutation on every rank), through DistributedDataParallel; see lucir.distributed."""
     opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=c.lr_gamma)
-    labels = data.train_labels
-    bar = tqdm(range(epochs), desc=desc, disable=not c.progress, leave=True, dynamic_ncols=True)
+    labels = data.train_labels.to(device)  # on the device once; each epoch gathers its labels there
+    shard = (dist_rank(), world_size())
+    workers = resolve_workers(c.workers)
+    net = wrap(model, torch.device(device))
+    old_net = old_model
+    if c.compile:
+        net = torch.compile(net)
+        old_net = None if old_model is None else torch.compile(old_model)
+    bar = tqdm(range(epochs), desc=desc, disable=not (c.progress and is_main()), leave=True, dynamic_ncols=True)
     summary: dict = {}
     for epoch in bar:
         model.train()
@@ -94,31 +132,47 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
         sums: dict = {}  # running sums stay on the device: no host sync inside the batch loop
         correct = torch.zeros((), device=device)
         perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        for batch in perm.split(c.batch_size):
-            x = data.train.batch(batch, device, train=True, generator=generator)
-            y = labels[batch].to(device)
-            out = model(x)
-            old = None
-            if old_model is not None:
-                with torch.no_grad():
-                    old = old_model(x)
+        batches = list(perm.split(c.batch_size))
+        if shard[1] > 1:  # a last global batch smaller than the world has no sample for some rank
+            batches = [b for b in batches if len(b) >= shard[1]]
+        epoch_labels = labels[perm.to(device)].split(c.batch_size)
+        images = data.train.iterate(batches, device, train=True, generator=generator, workers=workers, shard=shard)
+        for batch, x, y in zip(batches, images, epoch_labels):
+            y = y if shard[1] == 1 else y.tensor_split(shard[1])[shard[0]]
+            with autocast(torch.device(device), c.amp):
+                out = net(x)
+                old = None
+                if old_net is not None:
+                    with torch.no_grad():
+                        old = old_net(x)
             terms = batch_loss(c, out, old, y, n_old, lam)
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach() * len(batch)
+                sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             correct += (out.logits.argmax(1) == y).sum()
         sched.step()
-        summary = {k: float(v) / len(perm) for k, v in sums.items()}
+        seen = len(perm)
+        if shard[1] > 1:  # every rank sums the same epoch, so every rank takes the same decisions
+            keys = sorted(sums)
+            total = all_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys]
+                                        + [correct.double(), torch.tensor(float(sum(map(len, batches))),
+                                                                          dtype=torch.float64, device=device)]))
+            sums = dict(zip(keys, total[:-2]))
+            correct, seen = total[-2], float(total[-1])
+        summary = {k: float(v) / seen for k, v in sums.items()}
         bad = [k for k, v in summary.items() if not np.isfinite(v)]
         if bad:
             raise TrainingDiverged(f"loss term {', '.join(bad)} became {summary[bad[0]]} in {desc}, epoch "
                                    f"{epoch + 1}; checkpoints of finished phases are kept")
-        summary["train_acc"] = float(correct) / len(perm)
+        summary["train_acc"] = float(correct) / seen
         bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()}, refresh=False)
+        if epoch_hook is not None:
+            epoch_hook(desc, epoch + 1, epochs)
     bar.close()
+    sync_module(model)  # rank 0's weights and BatchNorm statistics on every rank
     return summary
 
 
@@ -133,6 +187,13 @@ def base_cache_path(c: Config, first_classes: int) -> Path:
             "format": 1}
     if c.dataset != "synthetic":
         key["data"] = str(data_root(c).resolve())
+    for name in ("amp", "compile"):  # only when on, so that the paper's fp32 runs keep their cache
+        if getattr(c, name):
+            key[name] = True
+    if world_size() > 1:  # per-rank BatchNorm and gradient averaging change the result
+        key["world_size"] = world_size()
+    if c.dataset in IMAGENET_LIKE:  # JPEG crops are drawn per sample since this version (lucir.data)
+        key["jpeg_augmentation"] = "per-sample seeds"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:20]
     root = Path(c.cache_dir or os.environ.get("LUCIR_CACHE") or Path.home() / ".cache" / "lucir")
     return root / "base" / f"{c.dataset}-{c.resolved_model}-{digest}.pt"
@@ -157,7 +218,7 @@ def train_incremental(model: Net, data: Dataset, classes: range, memory: dict, c
     new_weight = None
     if model.cosine and c.imprint:
         idx = torch.nonzero((data.train_labels >= n_old) & (data.train_labels < classes.stop)).flatten()
-        feats, _ = extract(model, data.train, idx, device, c.eval_batch_size)
+        feats, _ = extract(model, data.train, idx, device, c.eval_batch_size, **_extract_options(c))
         lab = data.train_labels[idx]
         new_weight = imprint_weights([feats[lab == k] for k in classes], model.head.weight.detach().float().cpu())
     add_classes(model, n_new, new_weight)
@@ -181,6 +242,10 @@ def train_incremental(model: Net, data: Dataset, classes: range, memory: dict, c
     return lam
 
 
+def _extract_options(c: Config) -> dict:
+    return {"workers": resolve_workers(c.workers), "amp": c.amp}
+
+
 def memory_indices(memory: dict) -> list[int]:
     return [i for cls in sorted(memory) for i in memory[cls]]
 
@@ -190,7 +255,7 @@ def update_memory(model: Net, data: Dataset, classes: range, memory: dict, c: Co
     m = exemplars_per_class(classes.stop, c.memory_per_class, c.memory_total)
     memory = {k: v[:m] for k, v in memory.items()}
     idx = torch.nonzero((data.train_labels >= classes.start) & (data.train_labels < classes.stop)).flatten()
-    feats, _ = extract(model, data.train, idx, device, c.eval_batch_size)
+    feats, _ = extract(model, data.train, idx, device, c.eval_batch_size, **_extract_options(c))
     lab = data.train_labels[idx]
     for k in classes:
         mask = lab == k
@@ -211,12 +276,13 @@ def evaluate(model: Net, data: Dataset, memory: dict, ranges: list[range], c: Co
     n_seen, n_old = ranges[-1].stop, ranges[-1].start
     test_idx = torch.nonzero(data.test_labels < n_seen).flatten()
     y = data.test_labels[test_idx].numpy()
-    feats, logits = extract(model, data.test, test_idx, device, c.eval_batch_size)
+    options = _extract_options(c)
+    feats, logits = extract(model, data.test, test_idx, device, c.eval_batch_size, **options)
     ex_idx = torch.tensor(memory_indices(memory), dtype=torch.long)
-    ex_feats, _ = extract(model, data.train, ex_idx, device, c.eval_batch_size)
+    ex_feats, _ = extract(model, data.train, ex_idx, device, c.eval_batch_size, **options)
     second = None  # the second view of each exemplar of the official code (nme_flip)
     if c.nme_flip != "none":
-        second = extract(model, data.train, ex_idx, device, c.eval_batch_size, view=c.nme_flip)[0]
+        second = extract(model, data.train, ex_idx, device, c.eval_batch_size, view=c.nme_flip, **options)[0]
     means = class_means(ex_feats, data.train_labels[ex_idx], n_seen, second)
     preds = {"cnn": logits[:, :n_seen].argmax(1).numpy(), "nme": nme_predict(feats, means).numpy()}
     row: dict = {}
@@ -237,7 +303,7 @@ def run_incremental(config: Config, out_dir) -> dict:
     if res.is_complete(out):
         return res.load_metrics(out)
     c = config
-    device = resolve_device(c.device)
+    device = dist_setup(resolve_device(c.device))  # under torchrun: join the group, cuda:LOCAL_RANK
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = load_dataset(c)
@@ -257,6 +323,9 @@ def run_incremental(config: Config, out_dir) -> dict:
         model.load_state_dict(state["model"])
         memory, history, start = state["memory"], state["history"], state["phase"] + 1
     model.to(device=device, memory_format=torch.channels_last)
+    if world_size() > 1 and device.type == "cuda":
+        # BatchNorm over the global batch, as on the paper's single GPU (see lucir.distributed)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     run_started = time.time()
     for t in range(start, len(ranges)):
         tic = time.time()
@@ -266,30 +335,41 @@ def run_incremental(config: Config, out_dir) -> dict:
         lam = 0.0
         if t == 0:
             cache = base_cache_path(c, len(classes))
-            if c.cache_base and cache.exists():
-                model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
-            else:
-                train_base(model, data, classes, c, device, gen)
-                if c.cache_base:
-                    res.atomic_write(cache, lambda p: torch.save(model.state_dict(), p))
+            # Runs sharing this base phase take turns: the first trains and saves it, the others
+            # wait on the lock beside the cache file, then load it.
+            lock = res.locked(cache.with_name(cache.name + ".lock")) if c.cache_base and is_main() \
+                else contextlib.nullcontext()
+            with lock:
+                if c.cache_base and share(cache.exists()):  # rank 0 decides for every rank
+                    model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
+                else:
+                    train_base(model, data, classes, c, device, gen)
+                    if c.cache_base and is_main():
+                        res.atomic_write(cache, lambda p: torch.save(model.state_dict(), p))
         else:
             lam = train_incremental(model, data, classes, memory, c, device, gen, t)
-        memory = update_memory(model, data, classes, memory, c, device)
+        # herding and evaluation on rank 0 only; share() gives every rank its results
+        memory = share(update_memory(model, data, classes, memory, c, device) if is_main() else None)
         if c.class_balanced_finetune and t > 0:
             class_balanced_finetune(model, data, memory, c, device, gen, t)
-        row, confusion = evaluate(model, data, memory, ranges[: t + 1], c, device)
-        history.append({"phase": t, "classes_seen": classes.stop, "new_classes": len(classes), **row,
-                        "lambda": lam, "eta": float(model.head.eta.detach()) if model.cosine else None,
-                        "exemplars": sum(len(v) for v in memory.values()), "seconds": time.time() - tic})
-        res.save_array(out / f"confusion_phase{t}.npy", confusion["cnn"])
-        res.save_array(out / f"confusion_nme_phase{t}.npy", confusion["nme"])
-        res.save_npz(out / f"weight_norms_phase{t}.npz", **weight_norms(model))
+        entry = confusion = None
+        if is_main():
+            row, confusion = evaluate(model, data, memory, ranges[: t + 1], c, device)
+            entry = {"phase": t, "classes_seen": classes.stop, "new_classes": len(classes), **row,
+                     "lambda": lam, "eta": float(model.head.eta.detach()) if model.cosine else None,
+                     "exemplars": sum(len(v) for v in memory.values()), "seconds": time.time() - tic}
+        history.append(share(entry))
         metrics = summarize(history, complete=(t == len(ranges) - 1), data=data)
-        res.write_metrics(out, metrics)
-        res.save_checkpoint(out, t, {"phase": t, "num_classes": classes.stop, "memory": memory,
-                                     "history": history, "model": {k: v.cpu() for k, v in model.state_dict().items()}})
-    if start >= len(ranges):  # every phase was checkpointed but metrics.json was not marked complete
+        if is_main():
+            res.save_array(out / f"confusion_phase{t}.npy", confusion["cnn"])
+            res.save_array(out / f"confusion_nme_phase{t}.npy", confusion["nme"])
+            res.save_npz(out / f"weight_norms_phase{t}.npz", **weight_norms(model))
+            res.write_metrics(out, metrics)
+            res.save_checkpoint(out, t, {"phase": t, "num_classes": classes.stop, "memory": memory, "history": history,
+                                         "model": {k: v.cpu() for k, v in model.state_dict().items()}})
+    if start >= len(ranges) and is_main():  # every phase was checkpointed but metrics.json was not marked complete
         res.write_metrics(out, summarize(history, complete=True, data=data))
+    barrier()  # rank 0's files are complete before any rank reads them
     metrics = res.load_metrics(out)
     metrics.setdefault("wall_seconds_this_call", time.time() - run_started)
     return metrics
@@ -305,4 +385,6 @@ def summarize(history: list, complete: bool, data: Dataset) -> dict:
         out[f"final_accuracy_{clf}"] = accs[-1]
         out[f"forgetting_{clf}"] = forgetting([p[f"group_acc_{clf}"] for p in history])
     out["train_seconds"] = float(np.sum([p["seconds"] for p in history]))
+    if world_size() > 1:
+        out["world_size"] = world_size()
     return out

@@ -215,9 +215,3 @@ def test_margin_ranking_gradient_pushes_positive_up_and_negatives_down():
     assert g[0, 0] < 0 and g[0, 2] > 0 and g[0, 3] == 0  # only the active pair of anchor 0
     assert g[0, 1] == 0  # an old non-target class is never a negative
     assert torch.all(g[2] == 0)  # new-class samples are not anchors
-
-
-# --------------------------------------------------------------------------- Eq. 9
-def test_lucir_objective_sums_terms():
-    ce, lf, mr = torch.tensor(1.5), torch.tensor(0.2), torch.tensor(0.3)
-    assert losses.lucir_objective(ce, lf, 5.0, mr).item() == pytest.approx(1.5 + 5.0 * 0.2 + 0.3)

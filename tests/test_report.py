@@ -96,3 +96,16 @@ def test_report_folder_holds_tables_claims_and_main_figure(study):
     assert (reports / "main_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (reports / "report.html").read_text()
     assert "claims at this study" in html and "seed noise" in html
+
+
+def test_protocol_table_lists_every_resolved_value_beside_the_papers(study):
+    table = report.protocol_table(study["results"]).set_index("setting")
+    # smoke.yaml: 8 synthetic classes, 4 in the base phase; phases 1, 2 (main curves) and 4 (Fig. 8)
+    assert table.loc["classes", "this study"] == "8" and table.loc["classes in the base phase", "this study"] == "4"
+    assert table.loc["incremental phases", "this study"] == "1; 2; 4"
+    assert table.loc["exemplars per class (R_per)", "this study"] == "1; 2"
+    assert table.loc["run seeds", "this study"] == "0; 1"
+    assert table.loc["run seeds", "same as the paper"] == "some of the paper's"
+    assert table.loc["lambda_base", "same as the paper"] == "yes"
+    assert table.loc["epochs per incremental phase", ["this study", "paper", "same as the paper"]].tolist() == [
+        "2", "160", "no"]

@@ -119,9 +119,10 @@ def test_interrupted_sweep_resumes(study, tmp_path):
 
 
 def test_failing_notebook_is_reported_and_the_others_run(study, tmp_path):
-    """Two notebooks side by side (--jobs 2) need the same two runs (the lock lets one train them);
-    a third parameter set fails at run time on corrupt data. Exit 1, the failure listed with its
-    error, the others done, and the report marks the failure and the notebooks not run."""
+    """Two notebooks need the same two runs (trained once, by two workers with --jobs 2); a third
+    parameter set's runs fail at run time on corrupt data. Exit 1, the failed runs listed with the
+    notebook that needed them, that notebook marked failed (not executed), the others done, and
+    the report marks the failure and the notebooks not run."""
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "val_jpeg.npz").write_bytes(b"not a zip file")
@@ -134,8 +135,11 @@ def test_failing_notebook_is_reported_and_the_others_run(study, tmp_path):
     proc = run_study("--profile", profile, "--jobs", "2", "--results", str(results), "--reports",
                      str(tmp_path / "reports"), "--cache-dir", str(tmp_path / "cache"))
     assert proc.returncode == 1
+    assert "4 runs to train" in proc.stderr and "2 worker(s)" in proc.stderr
+    assert "2 run(s) failed" in proc.stderr and "needed by weight_norms__broken" in proc.stderr
     assert "1 notebook run(s) failed" in proc.stderr
-    assert re.search(r"weight_norms__broken: DataError: .*corrupt", proc.stderr)
+    assert re.search(r"weight_norms__broken: run tiny_imagenet-\S+ failed: DataError: .*corrupt", proc.stderr)
+    assert not (tmp_path / "reports" / "executed" / "weight_norms__broken.ipynb").exists(), "not executed"
     assert proc.stdout.strip().splitlines()[-1].endswith("report.html")
     done = {p.stem for p in (results / "study" / "done").glob("*.json")}
     assert done == {"confusion_matrices__synthetic", "weight_norms__synthetic"}

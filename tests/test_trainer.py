@@ -152,6 +152,21 @@ class Interrupt(Exception):
     pass
 
 
+def test_unreadable_checkpoint_is_an_error_that_names_it(reference_run, tmp_path):
+    """A damaged checkpoint is not silently retrained: resuming names the file. An intact one
+    loads with weights_only=True (it holds only tensors, numbers, lists and dicts)."""
+    from lucir.results import CheckpointError, latest_checkpoint
+    config, ref_out, _ = reference_run
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    assert latest_checkpoint(out)["phase"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(dict(metrics, complete=False)))
+    (out / "checkpoints" / "phase_2.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*phase_2\.pt' cannot be read"):
+        lucir.run_incremental(config, out)
+
+
 def test_interrupted_run_resumes_to_identical_metrics(reference_run, tmp_path, monkeypatch):
     config, ref_out, metrics = reference_run
     out = tmp_path / "interrupted"

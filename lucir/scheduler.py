@@ -1,0 +1,504 @@
+"""The study's runs on an executor: plan them, train each once, base phases first.
+
+`lucir.study` hands this module every run that its notebooks will ask for. `collect_runs` keeps
+one task per run folder (a run two notebooks need is trained once) and `order_runs` puts, for each
+base phase that several runs share (trainer.base_cache_path), one run first; the runs that reuse
+that base wait until it is cached, then load it instead of training it again. `execute` hands the
+tasks to an executor, follows them with one progress bar, and returns a result per run; a failing
+run does not stop the others.
+
+Each task is `run_incremental(config, folder)`, exactly what a notebook calls (under the same
+run-folder lock), so the numbers are those of `python -m lucir run` with the same config.
+
+Executors:
+- `LocalExecutor`: one worker process per slot (a 'spawn' context, so CUDA is safe in it). A slot
+  is a device and a number of torch threads: on a CPU, `jobs` slots of cores // jobs threads; on
+  GPUs, K slots per GPU (`--runs-per-gpu K`), each worker seeing only its GPU
+  (CUDA_VISIBLE_DEVICES is set in the worker before torch starts CUDA).
+- `RayExecutor`: each run a Ray task asking for its CPUs and 1/K of a GPU. No shared filesystem is
+  assumed: the task trains into a temporary folder on its node and returns the run folder's files,
+  which the driver writes into results_dir/runs/<name>/; the base-phase cache is per node.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import experiments
+from . import results as res
+from .config import Config, phase_sizes
+from .memory import exemplars_per_class
+
+# For the progress bar only: classes and train images per class of each dataset, and the work
+# (in image-epochs) that loading the data and starting a kernel costs.
+DATASET_SIZE = {"cifar100": (100, 500, 100), "imagenet": (1000, 1300, 50), "imagenet_subset": (100, 1300, 50),
+                "tiny_imagenet": (200, 50, 50), "synthetic": (10, 50, 20)}
+NOTEBOOK_OVERHEAD = 3000.0
+PROGRESS_FILE = "progress.json"  # written by a local worker after every epoch; removed when the run ends
+
+
+class ExecutorError(Exception):
+    """The executor cannot start (e.g. Ray is not installed); one line for the user."""
+
+
+# --------------------------------------------------------------------------- the cost model
+def run_cost(config: Config) -> list[float]:
+    """Rough work of each phase of a run, in image-epochs (for the ETA and the README's projections)."""
+    n_cls, per_class, test_per_class = DATASET_SIZE.get(config.dataset, (100, 500, 100))
+    n_cls = config.num_classes or n_cls
+    per, test = config.train_per_class or per_class, config.test_per_class or test_per_class
+    costs, seen = [], 0
+    for t, size in enumerate(phase_sizes(n_cls, config.base_classes, config.phases)):
+        old, seen = seen, seen + size
+        mem = exemplars_per_class(max(seen, 1), config.memory_per_class, config.memory_total)
+        if t == 0:
+            work = size * per * (config.base_epochs or config.epochs)
+        else:
+            images = seen * per if config.joint_training else size * per + mem * old
+            work = images * config.epochs * (1.25 if config.distillation else 1.0)
+            work += 0.3 * mem * seen * config.cbf_epochs if config.class_balanced_finetune else 0.0
+        costs.append(work + 0.25 * (seen * test + size * per + 2 * mem * seen))
+    return costs
+
+
+def base_phase_file(config: Config) -> Path | None:
+    """The cache file of the run's base phase, or None when the run does not cache it."""
+    if not config.cache_base:
+        return None
+    from .trainer import base_cache_path
+    n_cls = config.num_classes or DATASET_SIZE.get(config.dataset, (100,))[0]
+    return base_cache_path(config, phase_sizes(n_cls, config.base_classes, config.phases)[0])
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class RunTask:
+    """One run of the study: where it goes, its config, and the notebooks that need it."""
+    name: str                                      # the run folder's name
+    folder: str                                    # results_dir/runs/<name>
+    config: Config
+    label: str = ""                                # how the first notebook that needs it calls it
+    needed_by: list = field(default_factory=list)  # keys of the (notebook, setting) pairs
+    base: str | None = None                        # its base-phase cache file, None without one
+    cost: list = field(default_factory=list)       # run_cost per phase
+
+
+def collect_runs(pairs, results_dir) -> tuple[list[RunTask], list[RunTask]]:
+    """(runs to train, runs complete earlier) behind `pairs`, one task per run folder, in plan order."""
+    tasks: dict[str, RunTask] = {}
+    for pair in pairs:
+        for planned in pair.plan:
+            config = planned.config()
+            folder = experiments.run_dir(config, results_dir)
+            if str(folder) not in tasks:
+                base = base_phase_file(config)
+                label = " ".join(x for x in (planned.method, planned.variant) if x)
+                tasks[str(folder)] = RunTask(folder.name, str(folder), config, label, [],
+                                             None if base is None else str(base), run_cost(config))
+            if pair.key not in tasks[str(folder)].needed_by:
+                tasks[str(folder)].needed_by.append(pair.key)
+    todo = [t for t in tasks.values() if not res.is_complete(t.folder)]
+    return todo, [t for t in tasks.values() if res.is_complete(t.folder)]
+
+
+def order_runs(tasks: list[RunTask]) -> list[RunTask]:
+    """One run per distinct base phase first (it trains and caches the base), then the runs that
+    reuse one; plan order within each group."""
+    leaders, followers, bases = [], [], set()
+    for t in tasks:
+        if t.base is None or t.base not in bases:
+            leaders.append(t)
+            if t.base is not None:
+                bases.add(t.base)
+        else:
+            followers.append(t)
+    return leaders + followers
+
+
+# --------------------------------------------------------------------------- slots and the worker
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: a device ("cpu", "cuda", "cuda:0"), its torch threads, and the
+    device it belongs to (`group`, the GPU index; --runs-per-gpu K gives each group K slots)."""
+    index: int
+    device: str
+    threads: int
+    group: int = 0
+    visible_gpu: int | None = None  # set CUDA_VISIBLE_DEVICES to this in the worker
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def local_slots(device: str | None, jobs: int | None, runs_per_gpu: int = 1, gpus: int | None = None) -> list[Slot]:
+    """The slots of the local executor. `jobs` None is 'auto': on a CPU one run at a time with
+    every core (faster than two runs with half the cores each, measured on a 2-core machine), on
+    GPUs `runs_per_gpu` runs per visible GPU. A number caps the slots. $OMP_NUM_THREADS, when set,
+    is every worker's thread count."""
+    if gpus is None:
+        gpus = 0
+        if device is None or device == "auto" or device.startswith("cuda"):
+            import torch
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = cpu_threads()
+    fixed = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else None
+    if gpus and device != "cpu":
+        ids = [int(device.split(":")[1])] if device and ":" in device else list(range(gpus))
+        layout = [(k, i) for k in range(runs_per_gpu) for i in ids]  # round robin over the GPUs
+        layout = layout[:jobs] if jobs else layout
+        threads = fixed or max(1, cores // len(layout))
+        return [Slot(n, "cuda", threads, group=i, visible_gpu=i) for n, (_, i) in enumerate(layout)]
+    n = jobs or 1
+    threads = fixed or max(1, cores // n)
+    return [Slot(k, "cpu", threads) for k in range(n)]
+
+
+def _init_worker(slot: Slot) -> None:
+    """First thing in a worker process: only its GPU visible, its share of the cores."""
+    if slot.visible_gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot.visible_gpu)
+    os.environ["OMP_NUM_THREADS"] = str(slot.threads)
+    import torch
+    torch.set_num_threads(slot.threads)
+
+
+def execute_run(task: RunTask, slot: Slot) -> dict:
+    """Train (or resume) one run in this process on the slot's device, as a notebook would:
+    run_incremental(config, folder) under the run-folder lock. Never raises: a failure is a result."""
+    import torch
+
+    from . import trainer
+    folder = Path(task.folder)
+    config = replace(task.config, device=slot.device, progress=False)
+    torch.set_num_threads(slot.threads)
+    progress = folder / PROGRESS_FILE
+
+    def epoch_done(desc: str, epoch: int, epochs: int) -> None:
+        res.write_json(progress, {"phase": desc, "epoch": epoch, "epochs": epochs})
+
+    record = {"name": task.name, "slot": slot.index, "group": slot.group, "device": slot.device,
+              "threads": slot.threads, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    trainer.epoch_hook = epoch_done
+    try:
+        with experiments.run_lock(folder):
+            trainer.run_incremental(config, folder)
+        record |= {"status": "done", "error": None}
+    except Exception as e:  # noqa: BLE001  (a failing run must not stop the others)
+        record |= {"status": "failed", "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+    finally:
+        trainer.epoch_hook = None
+        progress.unlink(missing_ok=True)
+    record["finished"] = time.time()
+    record["seconds"] = record["finished"] - record["started"]
+    return record
+
+
+# --------------------------------------------------------------------------- executors
+class LocalExecutor:
+    """One worker process per slot; a slot runs one task at a time. `work(task, slot)` is the
+    function the workers call (execute_run; tests pass another)."""
+    name = "local"
+    reports_epochs = True  # the workers write progress.json where the driver sees it
+
+    def __init__(self, slots: list[Slot], work=execute_run):
+        self.slots, self.work = list(slots), work
+        self.context = multiprocessing.get_context("spawn")
+        self.pools = {s.index: self._pool(s) for s in self.slots}
+        self.running: dict = {}  # future -> (slot, task)
+
+    def _pool(self, slot: Slot) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=self.context, initializer=_init_worker, initargs=(slot,))
+
+    @property
+    def capacity(self) -> int:
+        return len(self.slots)
+
+    def describe(self) -> str:
+        devices = sorted({s.device if s.visible_gpu is None else f"GPU {s.visible_gpu}" for s in self.slots})
+        return (f"executor local: {len(self.slots)} worker(s) on {', '.join(devices)}, "
+                f"{self.slots[0].threads} thread(s) each")
+
+    def free(self) -> int:
+        return len(self.slots) - len(self.running)
+
+    def submit(self, task: RunTask) -> None:
+        busy = {slot.index for slot, _ in self.running.values()}
+        slot = next(s for s in self.slots if s.index not in busy)
+        self.running[self.pools[slot.index].submit(self.work, task, slot)] = (slot, task)
+
+    def busy(self) -> list[tuple[str, RunTask]]:
+        return [(f"worker {slot.index} ({slot.device if slot.visible_gpu is None else f'GPU {slot.visible_gpu}'})",
+                 task) for slot, task in sorted(self.running.values(), key=lambda st: st[0].index)]
+
+    def wait(self, timeout: float) -> list[tuple[RunTask, dict]]:
+        if not self.running:
+            time.sleep(timeout)
+            return []
+        done, _ = wait_futures(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+        out = []
+        for future in done:
+            slot, task = self.running.pop(future)
+            try:
+                result = future.result()
+            except BrokenProcessPool:  # the worker died (out of memory, a crash): a new one for the slot
+                self.pools[slot.index].shutdown(wait=False, cancel_futures=True)
+                self.pools[slot.index] = self._pool(slot)
+                result = {"name": task.name, "status": "failed", "slot": slot.index, "group": slot.group,
+                          "error": "the worker process died (out of memory, or a crash in native code)"}
+            except Exception as e:  # noqa: BLE001  (e.g. a task that could not be pickled)
+                result = {"name": task.name, "status": "failed", "slot": slot.index, "group": slot.group,
+                          "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+            out.append((task, result))
+        return out
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: int) -> dict:
+    """A Ray task's body, on whichever node it lands: write the run folder's files shipped by the
+    driver (to resume), train there, and return the result with every file of the folder."""
+    with tempfile.TemporaryDirectory(prefix="lucir-run-") as tmp:
+        folder = Path(tmp) / task.name
+        for rel, data in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+        result = execute_run(replace(task, folder=str(folder)), Slot(0, device, threads))
+        result["files"] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                           if p.is_file() and not p.name.startswith(".")}
+    return result
+
+
+def folder_files(folder: Path) -> dict:
+    """The files a run needs to resume elsewhere: all but the checkpoints before the last one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    checkpoints = sorted(folder.glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    skip = set(checkpoints[:-1])
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p not in skip and not p.name.startswith(".")}
+
+
+def write_run_files(folder: Path, files: dict) -> None:
+    """The files a Ray task returned, into the run folder; metrics.json last, so that a run is
+    complete only once everything else is in place."""
+    folder = Path(folder)
+    for rel in sorted(files, key=lambda r: r == "metrics.json"):
+        data = files[rel]
+        res.atomic_write(folder / rel, lambda p, d=data: Path(p).write_bytes(d))
+
+
+class RayExecutor:
+    """Each run a Ray task asking for `cpus_per_run` CPUs and, where the cluster has GPUs and the
+    device is not cpu, 1/runs_per_gpu of a GPU. Without `address`, ray.init() starts a small local
+    cluster (every core of this machine); with one, it joins that cluster."""
+    name = "ray"
+    reports_epochs = False  # the driver cannot see a node's files until the task returns
+
+    def __init__(self, address: str | None = None, device: str | None = None, runs_per_gpu: int = 1,
+                 cpus_per_run: int = 1, num_cpus: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError('--executor ray needs Ray: pip install -e ".[ray]"') from None
+        self.ray = ray
+        for attempt in range(3):  # a busy machine can miss Ray's fixed 30 s wait for a local raylet
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
+                break
+            except Exception as e:  # noqa: BLE001  (Ray raises plain Exception for a slow start)
+                ray.shutdown()
+                if address or attempt == 2:
+                    raise ExecutorError(f"Ray could not start or join the cluster: "
+                                        f"{' '.join(str(e).split())[:300]}") from None
+        resources = ray.cluster_resources()
+        gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
+        self.cpus_per_run = cpus_per_run
+        self.num_gpus = 1.0 / runs_per_gpu if gpus else 0
+        self.device = "cuda" if gpus else "cpu"
+        self.slots = gpus * runs_per_gpu if gpus else max(1, int(resources.get("CPU", 1)) // cpus_per_run)
+        self.remote = ray.remote(run_in_temporary_folder)
+        self.running: dict = {}  # object ref -> task
+
+    @property
+    def capacity(self) -> int:
+        return self.slots
+
+    def describe(self) -> str:
+        per_run = f"{self.cpus_per_run} CPU(s)" + (f" and {self.num_gpus:g} GPU" if self.num_gpus else "")
+        return f"executor ray: up to {self.slots} run(s) at once, each asking for {per_run}"
+
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def submit(self, task: RunTask) -> None:
+        ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus).remote(
+            task, folder_files(Path(task.folder)), self.device, self.cpus_per_run)
+        self.running[ref] = task
+
+    def busy(self) -> list[tuple[str, RunTask]]:
+        return [(f"ray task {k}", task) for k, task in enumerate(self.running.values())]
+
+    def wait(self, timeout: float) -> list[tuple[RunTask, dict]]:
+        if not self.running:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            task = self.running.pop(ref)
+            try:
+                result = self.ray.get(ref)
+                write_run_files(Path(task.folder), result.pop("files", {}))
+            except Exception as e:  # noqa: BLE001  (the task or its node died)
+                result = {"name": task.name, "status": "failed",
+                          "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+            out.append((task, result))
+        return out
+
+    def close(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
+        self.ray.shutdown()
+
+
+# --------------------------------------------------------------------------- progress
+class Progress:
+    """One bar over the work of every run still to do and of the notebooks and report after them,
+    with its ETA from run_cost; below it a line per busy worker. A thread follows the runs'
+    metrics.json (written after each phase) and, from local workers, progress.json (each epoch)."""
+
+    def __init__(self, tasks: list[RunTask], notebooks: int, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+        self.tqdm, self.enabled, self.desc = tqdm, enabled, desc
+        self.tracked, bases = [], set()
+        for t in tasks:
+            costs = list(t.cost)
+            if t.base is not None and (Path(t.base).exists() or t.base in bases):
+                costs[0] = 0.25 * costs[0] / max(t.config.base_epochs or t.config.epochs, 1)  # loaded
+            if t.base is not None:
+                bases.add(t.base)
+            self.tracked.append((Path(t.folder), costs, self._phases_done(Path(t.folder))))
+        self.total = sum(sum(c[k0:]) for _, c, k0 in self.tracked) + NOTEBOOK_OVERHEAD * (notebooks + 1)
+        self.notebooks_done, self.lock, self.stop = 0, threading.Lock(), threading.Event()
+        self.bar = tqdm(total=max(self.total, 1.0), desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+        self.lines: list = []
+        self.busy: list = []
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+
+    @staticmethod
+    def _phases_done(folder: Path) -> int:
+        try:
+            return len(json.loads((folder / "metrics.json").read_text())["phases"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def work_done(self) -> float:
+        runs = sum(sum(c[k0:max(k0, self._phases_done(f))]) for f, c, k0 in self.tracked)
+        return min(runs + NOTEBOOK_OVERHEAD * self.notebooks_done, self.total)
+
+    @staticmethod
+    def worker_text(where: str, task: RunTask, epochs: bool) -> str:
+        text = f"  {where}: {task.name} {task.label}"
+        if not epochs:
+            return f"{text}: running"
+        try:
+            p = json.loads((Path(task.folder) / PROGRESS_FILE).read_text())
+            return f"{text}: {p['phase']}, epoch {p['epoch']}/{p['epochs']}"
+        except (OSError, ValueError, KeyError):
+            return f"{text}: starting"
+
+    def set_busy(self, busy: list[tuple[str, RunTask]], epochs: bool) -> None:
+        with self.lock:
+            self.busy = [(where, task, epochs) for where, task in busy]
+
+    def update(self, postfix: str | None = None) -> None:
+        with self.lock:
+            if postfix is not None:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.n = self.work_done()
+            self.bar.refresh()
+            if not self.enabled:
+                return
+            while len(self.lines) < len(self.busy):
+                self.lines.append(self.tqdm(total=0, position=len(self.lines) + 1, bar_format="{desc}",
+                                            file=sys.stderr, dynamic_ncols=True, leave=False))
+            for k, line in enumerate(self.lines):
+                text = self.worker_text(*self.busy[k]) if k < len(self.busy) else ""
+                line.set_description_str(text, refresh=True)
+
+    def notebook_finished(self) -> None:
+        self.notebooks_done += 1
+        self.update()
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(2.0):
+            self.update()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.busy = []
+        self.update()
+        for line in self.lines:
+            line.close()
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------- the loop
+def execute(tasks: list[RunTask], executor, progress: Progress | None = None, poll: float = 1.0) -> dict:
+    """Every task on the executor, base phases first; {run name: result}. A run that reuses a base
+    phase starts once that base is cached, or once the run that trains it has ended."""
+    pending = order_runs(tasks)
+    leaders = {}
+    for t in pending:
+        if t.base is not None:
+            leaders.setdefault(t.base, t.name)
+    results: dict = {}
+
+    def ready(t: RunTask) -> bool:
+        return (t.base is None or leaders[t.base] == t.name or leaders[t.base] in results
+                or Path(t.base).exists())
+
+    try:
+        while pending or executor.running:
+            while executor.free() > 0:
+                task = next((t for t in pending if ready(t)), None)
+                if task is None:
+                    break
+                pending.remove(task)
+                executor.submit(task)
+            if progress:
+                progress.set_busy(executor.busy(), executor.reports_epochs)
+            for task, result in executor.wait(poll):
+                results[task.name] = result
+                if progress:
+                    if result["status"] == "failed":
+                        progress.write(f"FAILED run {task.name} ({task.label}), needed by "
+                                       f"{', '.join(task.needed_by)}: {result['error']}")
+                    progress.set_busy(executor.busy(), executor.reports_epochs)
+                    progress.update(postfix=f"{len(results)}/{len(tasks)} runs")
+    finally:
+        executor.close()
+    return results

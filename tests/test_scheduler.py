@@ -1,0 +1,270 @@
+"""lucir.scheduler and the study's executors: slots (fake GPUs on the CPU), base phases first,
+the same numbers as a direct run, the base phase trained once by runs started together, two
+invocations on one results folder, and the Ray executor (a local cluster) with a failing run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY, comparable
+from lucir import run_incremental, scheduler
+from lucir import study as study_mod
+from lucir.experiments import PlannedRun
+from lucir.trainer import base_cache_path
+from smoke_study import REPO, run_study, smoke_study
+
+SMOKE = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+
+
+def _fake_task(name: str, folder, base: str | None = None) -> scheduler.RunTask:
+    return scheduler.RunTask(name=name, folder=str(folder), config=None, label="fake", needed_by=["nb__x"],
+                             base=base, cost=[1.0])
+
+
+def hold_until_four_started(task, slot) -> dict:
+    """A stand-in for a run: note its start, wait until four tasks have started (so the first four
+    certainly overlap), hold its slot a moment, note its end."""
+    folder = Path(task.folder)
+    started = time.time()
+    (folder / f"start_{task.name}").touch()
+    deadline = time.time() + 60
+    while len(list(folder.glob("start_*"))) < 4 and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    return {"name": task.name, "status": "done", "error": None, "slot": slot.index, "group": slot.group,
+            "pid": os.getpid(), "start": started, "end": time.time(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def note_times(task, slot) -> dict:
+    time.sleep(0.3)
+    return {"name": task.name, "status": "done", "error": None, "slot": slot.index, "end": time.time(),
+            "start": time.time() - 0.3}
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+# --------------------------------------------------------------------------- slots
+def test_two_fake_gpus_take_k_runs_each_and_never_more(tmp_path):
+    """Two GPUs, K = 2 runs per GPU, faked on the CPU: the slots' workers see only their GPU, runs go
+    to both GPUs, each GPU runs 2 at once and never 3, and a slot never runs two at once."""
+    slots = scheduler.local_slots("cuda", None, runs_per_gpu=2, gpus=2)
+    assert [(s.group, s.visible_gpu, s.device) for s in slots] == [(0, 0, "cuda"), (1, 1, "cuda")] * 2
+    tasks = [_fake_task(f"run{k}", tmp_path) for k in range(10)]
+    results = scheduler.execute(tasks, scheduler.LocalExecutor(slots, work=hold_until_four_started), poll=0.05)
+    assert sorted(results) == sorted(t.name for t in tasks) and {r["status"] for r in results.values()} == {"done"}
+    for r in results.values():
+        assert r["visible"] == str(r["group"]), "each worker sees only its own GPU"
+    assert {r["group"] for r in results.values()} == {0, 1}
+    for group in (0, 1):
+        intervals = [(r["start"], r["end"]) for r in results.values() if r["group"] == group]
+        assert _most_at_once(intervals) == 2, f"GPU {group}: K = 2 runs at once, never more"
+    for slot in slots:
+        mine = [r for r in results.values() if r["slot"] == slot.index]
+        assert len({r["pid"] for r in mine}) <= 1, "one worker process per slot"
+        assert _most_at_once([(r["start"], r["end"]) for r in mine]) <= 1
+
+
+def test_cpu_slots_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(scheduler, "cpu_threads", lambda: 8)
+    assert [s.threads for s in scheduler.local_slots("cpu", None)] == [8], "auto on a CPU: one run, every core"
+    assert [s.threads for s in scheduler.local_slots("cpu", 2)] == [4, 4]
+    assert [(s.device, s.visible_gpu) for s in scheduler.local_slots("cuda:1", None, 3, gpus=2)] == [("cuda", 1)] * 3
+    assert len(scheduler.local_slots("auto", 3, runs_per_gpu=2, gpus=8)) == 3, "--jobs caps the slots"
+
+
+def test_a_shared_base_phase_is_trained_first_and_reused_after(tmp_path):
+    base_a, base_b = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
+    tasks = [_fake_task("a1", tmp_path, base_a), _fake_task("a2", tmp_path, base_a), _fake_task("n", tmp_path),
+             _fake_task("b1", tmp_path, base_b), _fake_task("a3", tmp_path, base_a)]
+    assert [t.name for t in scheduler.order_runs(tasks)] == ["a1", "n", "b1", "a2", "a3"]
+    slots = [scheduler.Slot(k, "cpu", 1) for k in range(2)]
+    results = scheduler.execute(tasks[:2], scheduler.LocalExecutor(slots, work=note_times), poll=0.05)
+    assert results["a2"]["start"] >= results["a1"]["end"], "a run reusing a base waits for the run that trains it"
+
+
+# --------------------------------------------------------------------------- the same numbers
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_scheduled_runs_give_the_numbers_of_a_direct_run(tmp_path, jobs):
+    overrides = dict(TINY, cache_dir=str(tmp_path / "cache_direct"))
+    plan = [PlannedRun("LUCIR", "lucir", overrides), PlannedRun("iCaRL", "icarl", overrides),
+            PlannedRun("LUCIR", "lucir", dict(overrides, seed=1))]
+    direct = {}
+    for planned in plan:
+        out = tmp_path / "direct" / f"{planned.method}-{planned.config().seed}"
+        direct[(planned.method, planned.config().seed)] = run_incremental(planned.config(), out)
+    scheduled_plan = [PlannedRun(p.method, p.preset, dict(p.overrides, cache_dir=str(tmp_path / "cache_sched")))
+                      for p in plan]
+    pair = study_mod.Pair("main_curves", "x", {}, scheduled_plan)
+    tasks, earlier = scheduler.collect_runs([pair, pair], tmp_path / "results")
+    assert len(tasks) == 3 and not earlier and all(t.needed_by == ["main_curves__x"] for t in tasks)
+    slots = scheduler.local_slots("cpu", jobs)
+    assert len(slots) == jobs
+    results = scheduler.execute(tasks, scheduler.LocalExecutor(slots))
+    assert {r["status"] for r in results.values()} == {"done"}, results
+    if jobs == 2:
+        assert {r["slot"] for r in results.values()} == {0, 1}
+    for planned, task in zip(plan, tasks):
+        metrics = json.loads((Path(task.folder) / "metrics.json").read_text())
+        assert comparable(metrics) == comparable(direct[(planned.method, planned.config().seed)])
+        assert not (Path(task.folder) / scheduler.PROGRESS_FILE).exists()
+
+
+# --------------------------------------------------------------------------- the base phase, once
+BASE_ONCE = r"""
+import contextlib, json, pathlib, sys, time
+import lucir.results, lucir.trainer as T
+from lucir.config import config_from_dict
+config, out, log, go, lock = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4]), sys.argv[5]
+if lock == "off":  # the control: without the lock both runs train the base
+    lucir.results.locked = lambda path: contextlib.nullcontext()
+train_base = T.train_base
+def counted(*args, **kwargs):
+    with open(log, "a") as fh:
+        fh.write(out + "\n")
+    return train_base(*args, **kwargs)
+T.train_base = counted
+c = config_from_dict(config)
+pathlib.Path(out + ".ready").touch()
+while not go.exists():
+    time.sleep(0.005)
+T.run_incremental(c, out)
+"""
+
+
+@pytest.mark.parametrize("lock", ["on", "off"])
+def test_two_runs_started_together_train_a_shared_base_once(tmp_path, lock):
+    """Two processes, released at the same instant, run two configs that share a base phase (lambda_base
+    does not change it). With the lock the base is trained once and loaded by the other; the
+    control without the lock trains it twice, so the check cannot pass by accident."""
+    from lucir import make_config
+    values = dict(TINY, train_per_class=32, base_epochs=12, cache_dir=str(tmp_path / "cache"))
+    configs = [make_config("lucir", **values), make_config("lucir", **values, lambda_base=2.0)]
+    assert base_cache_path(configs[0], 2) == base_cache_path(configs[1], 2)
+    log, go = tmp_path / "base_trained.log", tmp_path / "go"
+    outs = [tmp_path / f"run{k}" for k in range(2)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", BASE_ONCE, json.dumps(c.to_dict()), str(o), str(log), str(go),
+                               lock], env=env) for c, o in zip(configs, outs)]
+    deadline = time.time() + 300
+    while not all(Path(f"{o}.ready").exists() for o in outs) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    trained = log.read_text().splitlines()
+    assert len(trained) == (1 if lock == "on" else 2), trained
+    phase0 = [json.loads((o / "metrics.json").read_text())["phases"][0] for o in outs]
+    assert phase0[0]["acc_cnn"] == phase0[1]["acc_cnn"] and phase0[0]["acc_nme"] == phase0[1]["acc_nme"]
+
+
+# --------------------------------------------------------------------------- study.json is merged
+def test_study_record_merges_pairs_of_several_invocations(tmp_path):
+    path = tmp_path / "study" / "study.json"
+    study_mod.merge_study(path, {"profile": "p", "pairs": [{"key": "a__x", "status": "done"}],
+                                 "runs": [{"name": "r1", "status": "done"}]})
+    study_mod.merge_study(path, {"profile": "p", "pairs": [{"key": "b__x", "status": "done"},
+                                                           {"key": "a__x", "status": "complete earlier"}],
+                                 "runs": [{"name": "r2", "status": "failed"}]})
+    record = json.loads(path.read_text())
+    assert {p["key"]: p["status"] for p in record["pairs"]} == {"a__x": "complete earlier", "b__x": "done"}
+    assert {r["name"] for r in record["runs"]} == {"r1", "r2"}
+
+
+def test_two_invocations_at_once_on_one_results_folder(tmp_path, cache_dir):
+    """--only confusion_matrices and --only weight_norms started together: they need the same two
+    runs (trained once, under the run lock); both notebooks end up in study.json and the report."""
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    procs = [subprocess.Popen([sys.executable, "-m", "lucir.study", "--profile", "smoke", "--only", notebook,
+                               "--results", str(results), "--reports", str(reports), "--cache-dir", cache_dir,
+                               "--no-progress"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for notebook in ("confusion_matrices", "weight_norms")]
+    outputs = [p.communicate(timeout=1200) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    record = json.loads((results / "study" / "study.json").read_text())
+    assert {p["key"]: p["status"] for p in record["pairs"]} == {"confusion_matrices__synthetic": "done",
+                                                               "weight_norms__synthetic": "done"}
+    assert len(list((results / "runs").glob("*/metrics.json"))) == 2
+    html = (reports / "report.html").read_text()
+    assert len(re.findall(r"<img", html)) == 2, "the figures of both notebooks"
+    assert html.count("Not run") == 4
+
+
+# --------------------------------------------------------------------------- Ray
+def test_ray_missing_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    rc = study_mod.main(["--profile", "smoke", "--executor", "ray"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and 'pip install -e ".[ray]"' in err
+
+
+@pytest.fixture(scope="module")
+def local_smoke(tmp_path_factory, cache_dir):
+    return smoke_study(tmp_path_factory, cache_dir)
+
+
+def test_smoke_study_under_ray_matches_the_local_one(tmp_path, local_smoke):
+    pytest.importorskip("ray")
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    proc = run_study("--profile", "smoke", "--executor", "ray", "--results", str(results), "--reports", str(reports),
+                     "--cache-dir", str(tmp_path / "cache"), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "executor ray" in proc.stderr
+    record = json.loads((results / "study" / "study.json").read_text())
+    assert record["executor"] == "ray" and {p["status"] for p in record["pairs"]} == {"done"}
+    assert {r["status"] for r in record["runs"]} == {"done"}
+    headings = lambda path: re.findall(r"<h2[^>]*>(.*?)<", path.read_text())  # noqa: E731
+    assert headings(reports / "report.html") == headings(local_smoke["reports"] / "report.html")
+    local_runs = {p.name: p for p in (local_smoke["results"] / "runs").iterdir() if p.is_dir()}
+    ray_runs = {p.name: p for p in (results / "runs").iterdir() if p.is_dir()}
+    assert ray_runs.keys() == local_runs.keys()
+    for name, folder in ray_runs.items():
+        a, b = (json.loads((f / "metrics.json").read_text()) for f in (folder, local_runs[name]))
+        assert comparable(a) == comparable(b), f"{name}: the files the Ray task returned hold the same numbers"
+        assert sorted(p.name for p in folder.rglob("*.pt")) == sorted(p.name for p in local_runs[name].rglob("*.pt"))
+
+
+def test_a_failing_run_under_ray_is_reported_and_the_others_finish(tmp_path):
+    """A run on corrupt data fails inside its Ray task; the other runs finish, the notebook that
+    needed it is marked failed (not executed), and stderr and study.json list the failure."""
+    pytest.importorskip("ray")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "val_jpeg.npz").write_bytes(b"not a zip file")
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"description": "test", "shared": SMOKE["shared"], "notebooks": {
+        "weight_norms": [{"setting": "synthetic", "phases": 1, "seed": 0},
+                         {"setting": "broken", "phases": 1, "seed": 0,
+                          "config_overrides": {"dataset": "tiny_imagenet", "data_dir": str(broken)}}]}}))
+    results = tmp_path / "results"
+    proc = run_study("--profile", str(profile), "--executor", "ray", "--results", str(results), "--reports",
+                     str(tmp_path / "reports"), "--cache-dir", str(tmp_path / "cache"), timeout=1200)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 run(s) failed" in proc.stderr, "iCaRL and LUCIR on the broken data"
+    assert re.search(r"tiny_imagenet-\S+ \((iCaRL|LUCIR)\): DataError: .*corrupt", proc.stderr)
+    assert "needed by weight_norms__broken" in proc.stderr
+    assert re.search(r"weight_norms__broken: run tiny_imagenet-\S+ failed: DataError", proc.stderr)
+    record = json.loads((results / "study" / "study.json").read_text())
+    pairs = {p["key"]: p for p in record["pairs"]}
+    assert pairs["weight_norms__synthetic"]["status"] == "done"
+    assert pairs["weight_norms__broken"]["status"] == "failed" and "not executed" in pairs["weight_norms__broken"][
+        "executed"]
+    runs = {r["name"]: r for r in record["runs"]}
+    assert sorted(r["status"] for r in runs.values()) == ["done", "done", "failed", "failed"]
+    assert all("DataError" in r["error"] for r in runs.values() if r["status"] == "failed")
+    assert all((results / "runs" / n / "metrics.json").exists() for n, r in runs.items() if r["status"] == "done")
