@@ -617,7 +617,8 @@ def export(results_dir, reports_dir) -> list[Path]:
     """What a reader of the repository sees without running anything, next to report.html:
     tables/<experiment>__<setting>.csv (the tidy tables the report was built from, as written by
     the notebooks), headline.csv (the main-curves summary beside the published numbers),
-    claims.csv (every check of the paper's claims) and main_curves.png (Fig. 5/6 of this study)."""
+    claims.csv (every check of the paper's claims), headline.md (headline.csv as a Markdown table,
+    the README's) and main_curves.png (Fig. 5/6 of this study)."""
     out = Path(reports_dir)
     written = []
     study = load_study(results_dir)
@@ -636,6 +637,9 @@ def export(results_dir, reports_dir) -> list[Path]:
         for name, frame in (("headline.csv", headline_table(main)), ("claims.csv", claims(results_dir))):
             res.atomic_write(out / name, lambda p, f=frame: f.to_csv(p, index=False, float_format="%.2f"))
             written.append(out / name)
+        text = headline_markdown(pd.read_csv(out / "headline.csv")) + "\n"  # as the README shows it
+        res.atomic_write(out / "headline.md", lambda p: Path(p).write_text(text))
+        written.append(out / "headline.md")
         plots.setup()
         fig = plots.main_curves(main)
         fig.suptitle(f"{(study or {}).get('profile', 'study')}: accuracy after each phase (mean and std over runs)")
@@ -643,3 +647,28 @@ def export(results_dir, reports_dir) -> list[Path]:
         plt.close(fig)
         written.append(out / "main_curves.png")
     return written
+
+
+def headline_markdown(headline: pd.DataFrame) -> str:
+    """reports/<profile>/headline.csv as the README's table: average incremental accuracy (%) per
+    phase count and curve, mean ± std over runs where there are several, beside the paper's."""
+    curves = [c for c in ex.MAIN_CURVES if c in set(headline.curve)]
+    ours = headline.drop_duplicates(["setting", "phases", "curve"])
+    paper = headline[headline["published source"] == "paper (PODNet Table 1)"]
+    paper_curves = sorted(set(paper.curve), key=list(ex.MAIN_CURVES).index)
+    lines = ["| phases | " + " | ".join(curves) + "".join(f" | paper {c}" for c in paper_curves) + " |",
+             "|---" * (1 + len(curves) + len(paper_curves)) + "|"]
+    for (setting, phases), g in ours.groupby(["setting", "phases"]):
+        cells = []
+        for curve in curves:
+            row = g[g.curve == curve]
+            if row.empty:
+                cells.append("—")
+                continue
+            r = row.iloc[0]
+            cells.append(f"{r.ours:.2f}" + (f" ± {r['ours std']:.2f}" if r.runs > 1 else ""))
+        for curve in paper_curves:
+            p = paper[(paper.setting == setting) & (paper.phases == phases) & (paper.curve == curve)]
+            cells.append(f"{p.published.iloc[0]:.2f}" if len(p) else "—")
+        lines.append(f"| {phases} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

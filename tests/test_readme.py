@@ -26,3 +26,16 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     command = "bash scripts/setup.sh && python3 -m pytest -q"
     assert command in README and command in ci
+
+
+def test_readme_headline_tables_are_those_of_the_committed_reports():
+    """The README's accuracy tables are copied from reports/<profile>/headline.md, which the
+    study writes from headline.csv: a report regenerated without updating the README fails here."""
+    import pandas as pd
+    from lucir.report import headline_markdown
+    found = sorted((ROOT / "reports").glob("*/headline.csv"))
+    for path in found:
+        table = headline_markdown(pd.read_csv(path))
+        assert table == (path.parent / "headline.md").read_text().strip()
+        assert table in README, f"README lacks the headline table of {path.parent.name}"
+        assert f"reports/{path.parent.name}/main_curves.png" in README
