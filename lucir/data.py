@@ -279,19 +279,24 @@ class EncodedImages(_Normalizer):
         memory when the device is CUDA, copied without blocking. For training, one key per call
         (an epoch) is drawn from `generator`; sample i's crop and flip then come from
         sample_seed(key, i), the same whichever process decodes it. `shard` as in ArrayImages."""
-        from torch.utils.data import DataLoader
         device = torch.device(device)
-        key = int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if train else None
-        plan = [[(i, sample_seed(key, i) if train else None) for i in _shard(b, shard).tolist()] for b in batches]
-        plan = [b for b in plan if b]
-        loader = DataLoader(_Decoder(self), batch_sampler=plan, num_workers=workers,
-                            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
         mean, std = self.stats(device)
-        for x in loader:
+        for x in self.decoded(batches, train, generator, workers, shard, pin=device.type == "cuda"):
             x = x.to(device, non_blocking=True)
             if not train:
                 x = second_view(x, view)
             yield normalize(x, mean, std)
+
+    def decoded(self, batches: list[torch.Tensor], train: bool, generator: torch.Generator | None = None,
+                workers: int = 0, shard: tuple[int, int] = (0, 1), pin: bool = False):
+        """The uint8 batches (decoded, cropped and flipped; not yet normalised) that `iterate`
+        sends to the device: the work of the DataLoader and its `workers` processes."""
+        from torch.utils.data import DataLoader
+        key = int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if train else None
+        plan = [[(i, sample_seed(key, i) if train else None) for i in _shard(b, shard).tolist()] for b in batches]
+        plan = [b for b in plan if b]
+        yield from DataLoader(_Decoder(self), batch_sampler=plan, num_workers=workers, pin_memory=pin,
+                              prefetch_factor=4 if workers else None)
 
 
 class _Decoder(torch.utils.data.Dataset):
