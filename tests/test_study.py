@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from lucir import published
 from lucir import study as study_mod
 from smoke_study import EXPERIMENTS, REPO, run_study, smoke_study
 
@@ -211,8 +212,18 @@ def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
     _, _, quick = study_mod.load_profile("quick")
     pairs = study_mod.build_pairs(quick, tmp_path, None, {})
     configs = [run.config() for p in pairs for run in p.plan]
-    assert {c.dataset for c in configs} == {"cifar100"} and {c.seed for c in configs} == {0}
+    assert {c.dataset for c in configs} == {"cifar100"}
+    seeds = {p.notebook: {run.config().seed for run in p.plan} for p in pairs}
+    assert seeds.pop("main_curves") == {0, 1} and all(s == {0} for s in seeds.values())  # a spread where it counts
     assert all(c.base_classes * 2 == c.num_classes for c in configs), "half the classes in the base phase"
+    # full_cpu: the paper's CIFAR-100 data and protocol; only the schedule (epochs, lr steps) differs
+    _, _, full = study_mod.load_profile("full_cpu")
+    pairs = study_mod.build_pairs(full, tmp_path, None, {})
+    configs = [run.config() for p in pairs for run in p.plan]
+    assert {c.phases for c in configs} == {5, 10} and {c.memory_per_class for c in configs} == {20}
+    assert all(c.num_classes is None and c.train_per_class is None and c.test_per_class is None for c in configs)
+    schedule = {"epochs", "lr_milestones", "base_epochs", "base_lr_milestones", "cbf_epochs", "cbf_lr_milestones"}
+    assert all(set(published.setting_differences(c.to_dict())) <= schedule for c in configs)
     _, _, paper = study_mod.load_profile("paper")
     pairs = study_mod.build_pairs(paper, tmp_path, None, {})
     cifar = [run.config() for p in pairs for run in p.plan if run.config().dataset == "cifar100"]
