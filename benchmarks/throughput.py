@@ -40,6 +40,16 @@ from lucir.models import add_classes, build_model
 from lucir.trainer import resolve_device, train_epochs
 
 
+def sgd_step(model, opt, x, y):
+    """One bare training step (cross-entropy on the logits, SGD) on fixed tensors, as a callable."""
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def _reencoded(store: EncodedImages, i: int, size: tuple[int, int]) -> bytes:
     """Image i of a JPEG store, resized to `size` (width, height) and encoded again as JPEG bytes."""
     out = io.BytesIO()
@@ -83,15 +93,8 @@ def jpeg_benchmark(args, device) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(bs, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (bs,), device=device)
-
-    def train_step():
-        loss = torch.nn.functional.cross_entropy(model(x).logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     model.train()
-    t = timed(train_step, args.jpeg_steps, 1, device)
+    t = timed(sgd_step(model, opt, x, y), args.jpeg_steps, 1, device)
     print(f"bare ResNet-18 training step, 224 px:  {args.jpeg_steps * bs / t:8.1f} images/s "
           f"({torch.get_num_threads()} threads)")
 
@@ -146,12 +149,7 @@ def main() -> None:
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 60, (bs,), device=device)
-
-    def train_step():
-        loss = torch.nn.functional.cross_entropy(model(x).logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    train_step = sgd_step(model, opt, x, y)
 
     def frozen_forward():
         with torch.no_grad():

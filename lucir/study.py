@@ -38,7 +38,6 @@ import yaml
 from . import experiments, provenance, scheduler
 from . import results as res
 from .config import ConfigError
-from .scheduler import run_cost  # noqa: F401  (the cost model, used by the README's projections)
 
 REPO_ROOT = provenance.REPO_ROOT
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"

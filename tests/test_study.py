@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from lucir import published
+from lucir import scheduler
 from lucir import study as study_mod
 from smoke_study import EXPERIMENTS, REPO, run_study, smoke_study
 
@@ -235,9 +236,9 @@ def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
 def test_progress_cost_counts_every_phase():
     from lucir import make_config
     c = make_config("lucir", num_classes=40, base_classes=20, phases=5, train_per_class=100, base_epochs=20, epochs=8)
-    cost = study_mod.run_cost(c)
+    cost = scheduler.run_cost(c)
     assert len(cost) == 6 and cost[0] > cost[1] > 0
-    joint = study_mod.run_cost(make_config("joint", num_classes=40, base_classes=20, phases=5, train_per_class=100))
+    joint = scheduler.run_cost(make_config("joint", num_classes=40, base_classes=20, phases=5, train_per_class=100))
     assert joint[-1] > joint[1], "joint training grows with the classes seen"
 
 
