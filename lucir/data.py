@@ -242,6 +242,11 @@ class EncodedImages(_Normalizer):
         super().__init__(mean, std)
         self.sources, self.size = sources, size
         self.resize = int(round(size * 256 / 224))
+        self._loaders: dict = {}  # (workers, pin) -> a DataLoader whose worker processes persist
+        self._passes = 0          # passes started; a pass resumed after a newer one began is an error
+
+    def __getstate__(self):  # worker processes belong to this process: a copy starts its own
+        return {k: v for k, v in self.__dict__.items() if k != "_loaders"} | {"_loaders": {}}
 
     def __len__(self):
         return len(self.sources)
@@ -295,8 +300,44 @@ class EncodedImages(_Normalizer):
         key = int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if train else None
         plan = [[(i, sample_seed(key, i) if train else None) for i in _shard(b, shard).tolist()] for b in batches]
         plan = [b for b in plan if b]
-        yield from DataLoader(_Decoder(self), batch_sampler=plan, num_workers=workers, pin_memory=pin,
-                              prefetch_factor=4 if workers else None)
+        if workers == 0:
+            yield from DataLoader(_Decoder(self), batch_sampler=plan, num_workers=0)
+            return
+        # One DataLoader per (workers, pin) serves every pass (epoch, extraction) over this store:
+        # its worker processes start once and persist, instead of once per pass. Its batch sampler
+        # is set to this pass's plan; the items carry their seeds, so nothing else changes.
+        loader = self._loaders.get((workers, pin))
+        if loader is None:
+            loader = DataLoader(_Decoder(self), batch_sampler=_Plan(), num_workers=workers, pin_memory=pin,
+                                prefetch_factor=4, persistent_workers=True)
+            self._loaders[(workers, pin)] = loader
+        loader.batch_sampler.batches = plan
+        self._passes += 1
+        this_pass = self._passes
+        it = iter(loader)  # what an unfinished earlier pass left in flight (batch() takes one) is dropped
+        while True:
+            if self._passes != this_pass:
+                raise RuntimeError("two passes over one EncodedImages store at once: finish one before starting "
+                                   "the next (they share its decoding workers)")
+            try:
+                x = next(it)
+            except StopIteration:
+                return
+            yield x
+
+
+class _Plan(torch.utils.data.Sampler):
+    """The batches of the current pass: the batch sampler of a DataLoader with persistent
+    workers, set anew before each pass."""
+
+    def __init__(self):
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 class _Decoder(torch.utils.data.Dataset):

@@ -16,9 +16,14 @@ import torch
 import torch.distributed as dist
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun (or an equivalent launcher) started; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def requested() -> bool:
     """True when torchrun (or an equivalent launcher) asked for more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_world_size() > 1
 
 
 def setup(device: torch.device) -> torch.device:

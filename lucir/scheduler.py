@@ -12,7 +12,8 @@ run-folder lock), so the numbers are those of `python -m lucir run` with the sam
 
 Executors:
 - `LocalExecutor`: one worker process per slot (a 'spawn' context, so CUDA is safe in it). A slot
-  is a device and a number of torch threads: on a CPU, `jobs` slots of cores // jobs threads; on
+  is a device and a number of torch threads: on a CPU, `jobs` slots with every core each (the
+  thread count of a run by hand, so the same numbers; $OMP_NUM_THREADS sets another); on
   GPUs, K slots per GPU (`--runs-per-gpu K`), each worker seeing only its GPU
   (CUDA_VISIBLE_DEVICES is set in the worker before torch starts CUDA).
 - `RayExecutor`: each run a Ray task asking for its CPUs and 1/K of a GPU. No shared filesystem is
@@ -146,7 +147,10 @@ def local_slots(device: str | None, jobs: int | None, runs_per_gpu: int = 1, gpu
     """The slots of the local executor. `jobs` None is 'auto': on a CPU one run at a time with
     every core (faster than two runs with half the cores each, measured on a 2-core machine), on
     GPUs `runs_per_gpu` runs per visible GPU. A number caps the slots. $OMP_NUM_THREADS, when set,
-    is every worker's thread count."""
+    is every worker's thread count. On a CPU every slot keeps the thread count of a run by hand
+    (every core, or $OMP_NUM_THREADS), whatever `jobs`: a CPU run's numbers depend on its torch
+    thread count (the order of the sums in its convolutions), so N runs at once share the cores
+    rather than split them, and give the numbers of `python -m lucir run`."""
     if gpus is None:
         gpus = 0
         if device is None or device == "auto" or device.startswith("cuda"):
@@ -160,9 +164,7 @@ def local_slots(device: str | None, jobs: int | None, runs_per_gpu: int = 1, gpu
         layout = layout[:jobs] if jobs else layout
         threads = fixed or max(1, cores // len(layout))
         return [Slot(n, "cuda", threads, group=i, visible_gpu=i) for n, (_, i) in enumerate(layout)]
-    n = jobs or 1
-    threads = fixed or max(1, cores // n)
-    return [Slot(k, "cpu", threads) for k in range(n)]
+    return [Slot(k, "cpu", fixed or cores) for k in range(jobs or 1)]
 
 
 def _init_worker(slot: Slot) -> None:

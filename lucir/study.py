@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cluster or the one at --address (needs pip install -e \".[ray]\")")
     p.add_argument("--jobs", default="auto", metavar="N|auto",
                    help="local executor: runs trained at once (default auto: on a CPU one run with every core, "
-                        "on GPUs --runs-per-gpu runs per GPU); on a CPU each run gets cores // N threads")
+                        "on GPUs --runs-per-gpu runs per GPU); on a CPU each run keeps every core's thread "
+                        "(or $OMP_NUM_THREADS): its numbers then equal a run by hand")
     p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
                    help="runs sharing each GPU at once (default 1); with Ray each run asks for 1/K of a GPU")
     p.add_argument("--address", help="ray executor: the cluster to join (e.g. ray://head:10001 or auto); "

@@ -22,7 +22,7 @@ from . import losses
 from . import results as res
 from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
 from .data import Dataset, data_root, default_workers, load_dataset, phase_classes
-from .distributed import all_sum, barrier, is_main, share, sync_module, world_size, wrap
+from .distributed import all_sum, barrier, is_main, launched_world_size, share, sync_module, world_size, wrap
 from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
 from .memory import class_means, exemplars_per_class, herding, nme_predict
@@ -298,11 +298,15 @@ def evaluate(model: Net, data: Dataset, memory: dict, ranges: list[range], c: Co
 # --------------------------------------------------------------------------- the run
 def run_incremental(config: Config, out_dir) -> dict:
     """Run (or resume, or just load) the whole class-incremental sequence into `out_dir`."""
+    c = config
+    world = launched_world_size()
+    if c.batch_size % world:  # each rank takes an equal slice of every global batch
+        raise ConfigError(f"batch_size = {c.batch_size} does not divide by the {world} processes of torchrun; "
+                          f"the global batch is split evenly over the ranks, so choose a multiple of {world}")
     out = Path(out_dir)
     res.prepare_out_dir(out, config)
     if res.is_complete(out):
         return res.load_metrics(out)
-    c = config
     device = dist_setup(resolve_device(c.device))  # under torchrun: join the group, cuda:LOCAL_RANK
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

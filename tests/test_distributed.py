@@ -100,3 +100,13 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_phases(ddp_run, tmp_path):
         a = torch.load(out / "checkpoints" / f"phase_{t}.pt", weights_only=False)["model"]
         b = torch.load(ref_out / "checkpoints" / f"phase_{t}.pt", weights_only=False)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), f"phase {t}"
+
+
+def test_batch_size_that_does_not_divide_by_the_ranks_is_a_one_line_error(tmp_path):
+    args = _run_args(tmp_path / "run", tmp_path / "cache")
+    args[args.index("batch_size=16")] = "batch_size=15"
+    proc = subprocess.run(_torchrun("-m", "lucir", *args), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0
+    assert "error: batch_size = 15 does not divide by the 2 processes of torchrun" in proc.stderr
+    assert not (tmp_path / "run").exists()  # rejected before anything is written

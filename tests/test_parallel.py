@@ -160,6 +160,35 @@ def test_jpeg_batches_do_not_depend_on_workers():
     assert all(torch.equal(a, b) for a, b in zip(*test))
 
 
+def _pid_and_index(self, i, seed=None):  # stands in for EncodedImages.decode: who decoded what
+    return torch.tensor([os.getpid(), i])
+
+
+def test_decoding_workers_persist_across_passes_and_passes_do_not_mix(monkeypatch):
+    monkeypatch.setattr(EncodedImages, "decode", _pid_and_index)  # before the workers fork
+    store = EncodedImages([b"unused"] * 8, 32)
+    batches = list(torch.arange(8).split(2))
+
+    def one_pass():
+        out = torch.cat(list(store.decoded(batches, train=False, workers=2)))
+        assert out[:, 1].tolist() == list(range(8))  # every image once, in order
+        return set(out[:, 0].tolist())
+
+    first = one_pass()
+    assert os.getpid() not in first and 1 <= len(first) <= 2
+    assert one_pass() <= first  # the second pass (the next epoch) uses the same processes
+    unfinished = store.decoded(batches, train=False, workers=2)
+    assert next(unfinished)[:, 1].tolist() == [0, 1]
+    one_pass()  # starting a pass drops what an unfinished one left in flight
+    resumed = store.decoded(batches, train=False, workers=2)
+    next(resumed)
+    one_pass()
+    with pytest.raises(RuntimeError, match="two passes over one EncodedImages store at once"):
+        next(resumed)
+    assert len(store._loaders) == 1
+    assert one_pass() <= first
+
+
 def test_tiny_imagenet_run_is_the_same_with_0_and_2_workers(tmp_path):
     runs = {}
     for workers in (0, 2):
