@@ -92,6 +92,24 @@ def test_cpu_slots_keep_the_thread_count_of_a_run_by_hand(monkeypatch):
     assert len(scheduler.local_slots("auto", 3, runs_per_gpu=2, gpus=8)) == 3, "--jobs caps the slots"
 
 
+def report_wait_policy(task, slot) -> dict:
+    return {"name": task.name, "status": "done", "error": None, "wait": os.environ.get("OMP_WAIT_POLICY")}
+
+
+def test_runs_sharing_the_cores_wait_passively_and_one_run_alone_is_left_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(scheduler, "cpu_threads", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    try:
+        alone = scheduler.execute([_fake_task("a", tmp_path)],
+                                  scheduler.LocalExecutor([scheduler.Slot(0, "cpu", 2)], work=report_wait_policy))
+        assert alone["a"]["wait"] is None
+        two = scheduler.LocalExecutor([scheduler.Slot(k, "cpu", 2) for k in range(2)], work=report_wait_policy)
+        results = scheduler.execute([_fake_task("b", tmp_path), _fake_task("c", tmp_path)], two)
+        assert {r["wait"] for r in results.values()} == {"PASSIVE"}  # 4 threads on 2 cores: no spinning
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def test_a_shared_base_phase_is_trained_first_and_reused_after(tmp_path):
     base_a, base_b = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
     tasks = [_fake_task("a1", tmp_path, base_a), _fake_task("a2", tmp_path, base_a), _fake_task("n", tmp_path),
