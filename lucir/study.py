@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: worker processes on this machine (default); ray: Ray tasks, on a local Ray "
                         "cluster or the one at --address (needs pip install -e \".[ray]\")")
     p.add_argument("--jobs", default="auto", metavar="N|auto",
-                   help="local executor: runs trained at once (default auto: on a CPU one run with every core, "
+                   help="local executor: runs trained at once (default auto: on a CPU two runs sharing every core, "
                         "on GPUs --runs-per-gpu runs per GPU); on a CPU each run keeps every core's thread "
                         "(or $OMP_NUM_THREADS): its numbers then equal a run by hand")
     p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",

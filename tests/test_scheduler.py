@@ -82,12 +82,15 @@ def test_two_fake_gpus_take_k_runs_each_and_never_more(tmp_path):
 def test_cpu_slots_keep_the_thread_count_of_a_run_by_hand(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(scheduler, "cpu_threads", lambda: 8)
-    assert [s.threads for s in scheduler.local_slots("cpu", None)] == [8], "auto on a CPU: one run, every core"
+    assert [s.threads for s in scheduler.local_slots("cpu", None)] == [8, 8], "auto on a CPU: two runs, every core"
+    assert [s.threads for s in scheduler.local_slots("cpu", 1)] == [8]
     # a CPU run's numbers depend on its thread count: runs at once share the cores, not split them
     assert [s.threads for s in scheduler.local_slots("cpu", 2)] == [8, 8]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert [s.threads for s in scheduler.local_slots("cpu", 2)] == [3, 3]
     monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(scheduler, "cpu_threads", lambda: 1)
+    assert [s.threads for s in scheduler.local_slots("cpu", None)] == [1], "one core: nothing to overlap"
     assert [(s.device, s.visible_gpu) for s in scheduler.local_slots("cuda:1", None, 3, gpus=2)] == [("cuda", 1)] * 3
     assert len(scheduler.local_slots("auto", 3, runs_per_gpu=2, gpus=8)) == 3, "--jobs caps the slots"
 
