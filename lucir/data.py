@@ -301,7 +301,7 @@ class EncodedImages(_Normalizer):
         plan = [[(i, sample_seed(key, i) if train else None) for i in _shard(b, shard).tolist()] for b in batches]
         plan = [b for b in plan if b]
         if workers == 0:
-            yield from DataLoader(_Decoder(self), batch_sampler=plan, num_workers=0)
+            yield from DataLoader(_Decoder(self), batch_sampler=plan, num_workers=0, pin_memory=pin)
             return
         # One DataLoader per (workers, pin) serves every pass (epoch, extraction) over this store:
         # its worker processes start once and persist, instead of once per pass. Its batch sampler
