@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     ap.add_argument("--data", default=os.environ.get("LUCIR_DATA", "../shared/data/cifar100"))
     ap.add_argument("--skip-memory", action="store_true", help="skip the peak-memory run")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the real step with compile=true against eager, in turns")
     ap.add_argument("--only", choices=("cifar", "jpeg"), help="run one part only (default: both)")
     ap.add_argument("--jpeg-data", default=os.environ.get("LUCIR_DATA", "../shared/data"),
                     help="folder of the Tiny-ImageNet stand-in (or its parent)")
@@ -195,6 +197,23 @@ def main() -> None:
     print(f"bound from the bare parts:           {bound:8.0f} images/s")
     print(f"real LUCIR incremental step:         {real_ips:8.0f} images/s")
     print(f"real / bound:                        {real_ips / bound:8.1%}  (target >= 90%)")
+    if args.compile:  # the same real step with config compile=true (torch.compile, inductor), side by side
+        ccfg = make_config("lucir", data_dir=args.data, progress=False, device=str(device), compile=True)
+        crun = lambda ids: train_epochs(model, old, data, ids, ccfg, params, 1, 0.1, (), 50, 5.0, device,  # noqa: E731
+                                        gen, desc="bench")
+        tic = time.perf_counter()
+        crun(warm)
+        compile_s = time.perf_counter() - tic
+        rates = {}
+        for name, fn in (("eager", run), ("compiled", crun), ("eager", run), ("compiled", crun)):
+            tic = time.perf_counter()
+            fn(idx[3 * bs:])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.setdefault(name, []).append(n * bs / (time.perf_counter() - tic))
+        print(f"compile=true: first call (compiling) {compile_s:.0f} s; real step in turns, eager / compiled: "
+              f"{' '.join(f'{r:.0f}' for r in rates['eager'])} / {' '.join(f'{r:.0f}' for r in rates['compiled'])} "
+              f"images/s")
 
     if args.only != "cifar":
         jpeg_benchmark(args, device)

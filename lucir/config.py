@@ -81,6 +81,8 @@ class Config:
     cache_base: bool = _f(True, "reuse the base-phase model across runs (cache keyed by what it depends on)")
     cache_dir: Optional[str] = _f(None, "cache folder; None = $LUCIR_CACHE or ~/.cache/lucir")
     progress: bool = _f(True, "show a progress bar per phase")
+    checkpoint_every: int = _f(1, "write the epoch checkpoint (everything needed to resume inside a phase) every N "
+                               "epochs and after a phase's last epoch; 0 = only the checkpoint at each phase's end")
     workers: Optional[int] = _f(None, "JPEG decoding processes (ImageNet-style data); None = one per core, at most 8; "
                                 "0 = in the training process; results do not depend on it")
     amp: bool = _f(False, "bfloat16 autocast where the device supports it (losses in float32); off = the paper's fp32")
@@ -232,6 +234,8 @@ def validate(c: Config) -> None:
     for name in positive:
         if getattr(c, name) < 1:
             raise ConfigError(f"field '{name}' must be at least 1, got {getattr(c, name)}")
+    if c.checkpoint_every < 0:
+        raise ConfigError(f"field 'checkpoint_every' must be 0 or more, got {c.checkpoint_every}")
     if c.workers is not None and c.workers < 0:
         raise ConfigError(f"field 'workers' must be 0 or more (or None), got {c.workers}")
     for name in ("num_classes", "train_per_class", "test_per_class", "base_epochs"):

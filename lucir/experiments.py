@@ -88,13 +88,21 @@ def _grid(seeds, class_order_seeds, config_overrides: dict, **fields):
         yield {**config_overrides, **fields, "seed": seed, "class_order_seed": order}
 
 
+MAIN_METHODS = {"lucir": "LUCIR", "icarl": "iCaRL"}
+
+
 def plan_main_curves(phases: list, joint_phases: list, seeds: list, class_order_seeds: list,
-                     config_overrides: dict, lucir_overrides: dict) -> list[PlannedRun]:
-    """Fig. 5 / 6: LUCIR, iCaRL and (where asked) joint training, for every phase count."""
+                     config_overrides: dict, lucir_overrides: dict,
+                     methods: list = tuple(MAIN_METHODS)) -> list[PlannedRun]:
+    """Fig. 5 / 6: LUCIR, iCaRL (or those of `methods`) and, where asked, joint training, for
+    every phase count."""
+    unknown = [m for m in methods if m not in MAIN_METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"main curves: methods must be some of {', '.join(MAIN_METHODS)}, got {list(methods)}")
     plan = []
     for p in phases:
         for o in _grid(seeds, class_order_seeds, config_overrides, phases=p):
-            plan += [PlannedRun("LUCIR", "lucir", {**o, **lucir_overrides}), PlannedRun("iCaRL", "icarl", o)]
+            plan += [PlannedRun(MAIN_METHODS[m], m, {**o, **lucir_overrides} if m == "lucir" else o) for m in methods]
             if p in joint_phases:
                 plan.append(PlannedRun("Joint", "joint", o))
     return plan

@@ -20,7 +20,8 @@ except ImportError:  # not POSIX: `locked` locks nothing
     fcntl = None
 
 # Fields that change how a run is executed, not what it computes.
-RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size", "workers")
+RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size", "workers",
+                  "checkpoint_every")
 # Fields added after results existed, with the value that computes what runs did before them: a
 # run's name leaves them out while they hold that value, so earlier runs keep their folders.
 NEUTRAL_FIELDS = {"amp": False, "compile": False}
@@ -157,7 +158,11 @@ def checkpoint_path(out_dir, phase: int) -> Path:
 
 
 def save_checkpoint(out_dir, phase: int, state: dict) -> None:
-    atomic_write(checkpoint_path(out_dir, phase), lambda p: torch.save(state, p))
+    save_state(checkpoint_path(out_dir, phase), state)
+
+
+def save_state(path: Path, state: dict) -> None:
+    atomic_write(path, lambda p: torch.save(state, p))
 
 
 class CheckpointError(ConfigError):
@@ -172,13 +177,25 @@ def latest_checkpoint(out_dir) -> dict | None:
     phases = sorted((int(p.stem.split("_")[1]) for p in folder.glob("phase_*.pt")), reverse=True)
     if not phases:
         return None
-    path = checkpoint_path(out_dir, phases[0])
+    return load_state(checkpoint_path(out_dir, phases[0]), f"phase {phases[0]}")
+
+
+def epoch_checkpoint_path(out_dir) -> Path:
+    """The one epoch checkpoint of a run folder: the newest state inside the phase in progress."""
+    return Path(out_dir) / "checkpoints" / "epoch.pt"
+
+
+def load_state(path: Path, what: str) -> dict | None:
+    """A checkpoint written by torch.save (atomically), or None when there is none. One that exists
+    but cannot be read was damaged after it was written: an error naming it, not a silent retrain."""
+    path = Path(path)
+    if not path.exists():
+        return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]}); delete it to train phase {phases[0]} "
-                              f"again") from None
+                              f"{' '.join(str(e).split())[:200]}); delete it to train {what} again") from None
 
 
 def load_run(out_dir) -> dict:

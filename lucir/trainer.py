@@ -68,6 +68,63 @@ def phase_seed(seed: int, phase: int) -> int:
     return seed * 1000 + phase
 
 
+# --------------------------------------------------------------------------- resume inside a phase
+class EpochCheckpoint:
+    """The state inside phase `phase`, written by train_epochs every `every` epochs and after a
+    loop's last epoch (config `checkpoint_every`), so that a run killed at any epoch goes on from
+    the last one written and ends with the numbers of a run never interrupted.
+
+    One file, replaced atomically (only the newest is kept), removed once the phase's own
+    checkpoint is written. It holds the training loop's state (model, frozen old model, optimiser
+    with momentum, lr schedule position, the phase's generator and torch's global one, epochs
+    done) under a `stage` ("train": the base or incremental phase's epochs; "cbf": the class-
+    balanced finetune), beside the phase's own (exemplar memory, history, seconds so far).
+    `resume` is what an earlier call wrote; it applies only to the same phase."""
+
+    def __init__(self, path: Path | None, every: int, phase: int, resume: dict | None = None):
+        self.path = path if every > 0 else None
+        self.every, self.phase = every, phase
+        self.resume = resume if resume is not None and resume.get("phase") == phase else None
+        self.tic = time.time() - (self.resume["seconds"] if self.resume else 0.0)  # phase time survives a resume
+        self.context: dict = {}  # the phase's state saved beside the loop's: memory, history
+
+    @property
+    def stage(self) -> str | None:
+        return self.resume["stage"] if self.resume else None
+
+    def state_for(self, stage: str) -> dict | None:
+        return self.resume if self.stage == stage else None
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return self.path is not None and (epoch % self.every == 0 or epoch == epochs)
+
+    def save(self, stage: str, epoch: int, loop_state: dict) -> None:
+        if is_main():
+            res.save_state(self.path, {"phase": self.phase, "stage": stage, "epoch": epoch,
+                                       "seconds": time.time() - self.tic, **self.context, **loop_state})
+
+    def remove(self) -> None:
+        if self.path is not None and is_main():
+            Path(self.path).unlink(missing_ok=True)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _rng_state(device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 # --------------------------------------------------------------------------- features
 @torch.no_grad()
 def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view: str = "none",
@@ -109,12 +166,26 @@ def batch_loss(c: Config, out, old, targets: torch.Tensor, n_old: int, lam: floa
 
 def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: torch.Tensor, c: Config,
                  params, epochs: int, lr: float, milestones, n_old: int, lam: float, device,
-                 generator: torch.Generator, desc: str, frozen_backbone: bool = False) -> dict:
+                 generator: torch.Generator, desc: str, frozen_backbone: bool = False,
+                 checkpoint: EpochCheckpoint | None = None, stage: str = "train") -> dict:
     """SGD over `train_idx` for `epochs` epochs, lr stepped per epoch at `milestones`.
     Under torchrun each rank trains on its slice of every global batch of `batch_size` (the
-    same permutation on every rank), through DistributedDataParallel; see lucir.distributed."""
+    same permutation on every rank), through DistributedDataParallel; see lucir.distributed.
+    With `checkpoint`, the loop starts from its state for `stage` when it has one, and writes
+    its state there after the epochs it is due."""
     opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=c.lr_gamma)
+    start, summary = 0, {}
+    resume = checkpoint.state_for(stage) if checkpoint is not None else None
+    if resume is not None:  # before DDP or compile wrap the model: they see the resumed weights
+        model.load_state_dict(resume["model"])
+        if old_model is not None:
+            old_model.load_state_dict(resume["old_model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])  # its milestones come from the config
+        generator.set_state(resume["generator"])
+        _set_rng_state(resume["rng"], device)
+        start, summary = resume["epoch"], resume["summary"]
     labels = data.train_labels.to(device)  # on the device once; each epoch gathers its labels there
     shard = (dist_rank(), world_size())
     workers = resolve_workers(c.workers)
@@ -123,8 +194,8 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
     if c.compile:
         net = torch.compile(net)
         old_net = None if old_model is None else torch.compile(old_model)
-    bar = tqdm(range(epochs), desc=desc, disable=not (c.progress and is_main()), leave=True, dynamic_ncols=True)
-    summary: dict = {}
+    bar = tqdm(range(start, epochs), desc=desc, disable=not (c.progress and is_main()), leave=True,
+               dynamic_ncols=True, initial=start, total=epochs)
     for epoch in bar:
         model.train()
         if frozen_backbone:
@@ -169,6 +240,12 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
                                    f"{epoch + 1}; checkpoints of finished phases are kept")
         summary["train_acc"] = float(correct) / seen
         bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()}, refresh=False)
+        if checkpoint is not None and checkpoint.due(epoch + 1, epochs):
+            scheduler_state = {k: v for k, v in sched.state_dict().items() if k != "milestones"}
+            checkpoint.save(stage, epoch + 1, {
+                "model": _cpu_state(model), "old_model": None if old_model is None else _cpu_state(old_model),
+                "optimizer": opt.state_dict(), "scheduler": scheduler_state, "generator": generator.get_state(),
+                "rng": _rng_state(device), "summary": summary})
         if epoch_hook is not None:
             epoch_hook(desc, epoch + 1, epochs)
     bar.close()
@@ -199,24 +276,36 @@ def base_cache_path(c: Config, first_classes: int) -> Path:
     return root / "base" / f"{c.dataset}-{c.resolved_model}-{digest}.pt"
 
 
-def train_base(model: Net, data: Dataset, classes: range, c: Config, device, gen) -> None:
+def train_base(model: Net, data: Dataset, classes: range, c: Config, device, gen,
+               checkpoint: EpochCheckpoint | None = None) -> None:
     idx = torch.nonzero(data.train_labels < classes.stop).flatten()
     train_epochs(model, None, data, idx, c, model.parameters(), c.base_epochs or c.epochs, c.lr,
                  c.base_lr_milestones or c.lr_milestones, 0, 0.0, device, gen,
-                 desc=f"phase 0 (base, {len(classes)} classes)")
+                 desc=f"phase 0 (base, {len(classes)} classes)", checkpoint=checkpoint)
+
+
+def phase_lambda(c: Config, classes: range) -> float:
+    """The weight of the distillation term in an incremental phase: Eq. 7, or lambda_base fixed."""
+    if not c.distillation:
+        return 0.0
+    if c.adaptive_weight:
+        return losses.adaptive_lambda(c.lambda_base, classes.start, len(classes), c.lambda_direction)
+    return c.lambda_base
 
 
 def train_incremental(model: Net, data: Dataset, classes: range, memory: dict, c: Config, device, gen,
-                      phase: int) -> float:
-    """One incremental phase; returns the lambda used. The model's head is grown here."""
+                      phase: int, checkpoint: EpochCheckpoint | None = None) -> float:
+    """One incremental phase; returns the lambda used. The model's head is grown here (imprinted,
+    unless the epoch checkpoint being resumed holds the grown head's weights)."""
     n_old, n_new = classes.start, len(classes)
+    resuming = checkpoint is not None and checkpoint.state_for("train") is not None
     old_model = None
     if c.distillation:
         old_model = copy.deepcopy(model).eval()
         for p in old_model.parameters():
             p.requires_grad_(False)
     new_weight = None
-    if model.cosine and c.imprint:
+    if model.cosine and c.imprint and not resuming:
         idx = torch.nonzero((data.train_labels >= n_old) & (data.train_labels < classes.stop)).flatten()
         feats, _ = extract(model, data.train, idx, device, c.eval_batch_size, **_extract_options(c))
         lab = data.train_labels[idx]
@@ -227,17 +316,14 @@ def train_incremental(model: Net, data: Dataset, classes: range, memory: dict, c
         # Sec. 3.3: old-class embeddings fixed (official: lr 0 and weight decay 0 for fc1).
         model.head.old_weight.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-    lam = 0.0
-    if c.distillation:
-        lam = losses.adaptive_lambda(c.lambda_base, n_old, n_new, c.lambda_direction) if c.adaptive_weight \
-            else c.lambda_base
+    lam = phase_lambda(c, classes)
     if c.joint_training:
         idx = torch.nonzero(data.train_labels < classes.stop).flatten()
     else:
         new_idx = torch.nonzero((data.train_labels >= n_old) & (data.train_labels < classes.stop)).flatten()
         idx = torch.cat([new_idx, torch.tensor(memory_indices(memory), dtype=torch.long)])
     train_epochs(model, old_model, data, idx, c, params, c.epochs, c.lr, c.lr_milestones, n_old, lam, device,
-                 gen, desc=f"phase {phase} ({n_old}+{n_new} classes)")
+                 gen, desc=f"phase {phase} ({n_old}+{n_new} classes)", checkpoint=checkpoint)
     merge_head(model)
     return lam
 
@@ -264,11 +350,13 @@ def update_memory(model: Net, data: Dataset, classes: range, memory: dict, c: Co
     return memory
 
 
-def class_balanced_finetune(model: Net, data: Dataset, memory: dict, c: Config, device, gen, phase: int) -> None:
+def class_balanced_finetune(model: Net, data: Dataset, memory: dict, c: Config, device, gen, phase: int,
+                            checkpoint: EpochCheckpoint | None = None) -> None:
     """CBF (end of Sec. 3.5): only the classifier trains, on the exemplars of all seen classes."""
     idx = torch.tensor(memory_indices(memory), dtype=torch.long)
     train_epochs(model, None, data, idx, c, model.head.parameters(), c.cbf_epochs, c.cbf_lr,
-                 c.cbf_lr_milestones, 0, 0.0, device, gen, desc=f"phase {phase} CBF", frozen_backbone=True)
+                 c.cbf_lr_milestones, 0, 0.0, device, gen, desc=f"phase {phase} CBF", frozen_backbone=True,
+                 checkpoint=checkpoint, stage="cbf")
 
 
 def evaluate(model: Net, data: Dataset, memory: dict, ranges: list[range], c: Config, device) -> tuple[dict, dict]:
@@ -331,37 +419,50 @@ def run_incremental(config: Config, out_dir) -> dict:
         # BatchNorm over the global batch, as on the paper's single GPU (see lucir.distributed)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     run_started = time.time()
+    epoch_file = res.epoch_checkpoint_path(out)  # inside the phase in progress (config checkpoint_every)
     for t in range(start, len(ranges)):
-        tic = time.time()
         torch.manual_seed(phase_seed(c.seed, t))
         gen = torch.Generator().manual_seed(phase_seed(c.seed, t))
         classes = ranges[t]
         lam = 0.0
+        ckpt = EpochCheckpoint(epoch_file, c.checkpoint_every, t, res.load_state(epoch_file, f"phase {t}"))
+        ckpt.context = {"memory": memory, "history": history}
         if t == 0:
             cache = base_cache_path(c, len(classes))
             # Runs sharing this base phase take turns: the first trains and saves it, the others
-            # wait on the lock beside the cache file, then load it.
+            # wait on the lock beside the cache file, then load it. A base phase trained for the
+            # cache keeps its epoch checkpoint beside the cache, so whichever run takes it on next
+            # goes on from there.
             lock = res.locked(cache.with_name(cache.name + ".lock")) if c.cache_base and is_main() \
                 else contextlib.nullcontext()
             with lock:
                 if c.cache_base and share(cache.exists()):  # rank 0 decides for every rank
                     model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
                 else:
-                    train_base(model, data, classes, c, device, gen)
+                    if c.cache_base:
+                        partial = cache.with_name(cache.stem + ".partial.pt")
+                        ckpt = EpochCheckpoint(partial, c.checkpoint_every, 0, res.load_state(partial, "the base phase"))
+                    train_base(model, data, classes, c, device, gen, checkpoint=ckpt)
                     if c.cache_base and is_main():
                         res.atomic_write(cache, lambda p: torch.save(model.state_dict(), p))
+                        ckpt.remove()
+        elif ckpt.stage == "cbf":  # killed in the class-balanced finetune: training and herding were done
+            merge_head(add_classes(model, len(classes)))  # the shape its saved weights fit
+            memory, lam = ckpt.resume["memory"], phase_lambda(c, classes)
         else:
-            lam = train_incremental(model, data, classes, memory, c, device, gen, t)
-        # herding and evaluation on rank 0 only; share() gives every rank its results
-        memory = share(update_memory(model, data, classes, memory, c, device) if is_main() else None)
+            lam = train_incremental(model, data, classes, memory, c, device, gen, t, checkpoint=ckpt)
+        if ckpt.stage != "cbf":
+            # herding and evaluation on rank 0 only; share() gives every rank its results
+            memory = share(update_memory(model, data, classes, memory, c, device) if is_main() else None)
         if c.class_balanced_finetune and t > 0:
-            class_balanced_finetune(model, data, memory, c, device, gen, t)
+            ckpt.context["memory"] = memory
+            class_balanced_finetune(model, data, memory, c, device, gen, t, checkpoint=ckpt)
         entry = confusion = None
         if is_main():
             row, confusion = evaluate(model, data, memory, ranges[: t + 1], c, device)
             entry = {"phase": t, "classes_seen": classes.stop, "new_classes": len(classes), **row,
                      "lambda": lam, "eta": float(model.head.eta.detach()) if model.cosine else None,
-                     "exemplars": sum(len(v) for v in memory.values()), "seconds": time.time() - tic}
+                     "exemplars": sum(len(v) for v in memory.values()), "seconds": time.time() - ckpt.tic}
         history.append(share(entry))
         metrics = summarize(history, complete=(t == len(ranges) - 1), data=data)
         if is_main():
@@ -371,6 +472,7 @@ def run_incremental(config: Config, out_dir) -> dict:
             res.write_metrics(out, metrics)
             res.save_checkpoint(out, t, {"phase": t, "num_classes": classes.stop, "memory": memory, "history": history,
                                          "model": {k: v.cpu() for k, v in model.state_dict().items()}})
+            epoch_file.unlink(missing_ok=True)  # the phase checkpoint now holds everything it held
     if start >= len(ranges) and is_main():  # every phase was checkpointed but metrics.json was not marked complete
         res.write_metrics(out, summarize(history, complete=True, data=data))
     barrier()  # rank 0's files are complete before any rank reads them

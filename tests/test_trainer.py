@@ -172,7 +172,7 @@ def test_interrupted_run_resumes_to_identical_metrics(reference_run, tmp_path, m
     out = tmp_path / "interrupted"
     real = trainer.train_incremental
 
-    def stop_in_phase_1(model, data, classes, memory, c, device, gen, phase):
+    def stop_in_phase_1(model, data, classes, memory, c, device, gen, phase, **kwargs):
         raise Interrupt(f"killed in phase {phase}")
 
     monkeypatch.setattr(trainer, "train_incremental", stop_in_phase_1)
@@ -187,7 +187,7 @@ def test_interrupted_run_resumes_to_identical_metrics(reference_run, tmp_path, m
     calls = []
 
     def counting(*args, **kwargs):
-        calls.append(args[-1])
+        calls.append(args[7])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_incremental", counting)
@@ -340,9 +340,9 @@ def test_class_balanced_finetune_runs_after_each_incremental_phase(tmp_path, mon
     calls = []
     real = trainer.class_balanced_finetune
 
-    def counting(model, data, memory, c, device, gen, phase):
+    def counting(model, data, memory, c, device, gen, phase, **kwargs):
         calls.append((phase, sum(len(v) for v in memory.values())))
-        return real(model, data, memory, c, device, gen, phase)
+        return real(model, data, memory, c, device, gen, phase, **kwargs)
 
     monkeypatch.setattr(trainer, "class_balanced_finetune", counting)
     metrics = lucir.run_incremental(tiny_config("cn_lc_is_cbf", tmp_path / "cache", epochs=1), tmp_path / "cbf")
