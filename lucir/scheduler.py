@@ -114,10 +114,11 @@ def collect_runs(pairs, results_dir) -> tuple[list[RunTask], list[RunTask]]:
 
 
 def order_runs(tasks: list[RunTask]) -> list[RunTask]:
-    """One run per distinct base phase first (it trains and caches the base), then the runs that
-    reuse one; plan order within each group."""
+    """Longest runs first, within the order that base phases impose: for each distinct base phase
+    its longest run leads (it trains and caches the base), and leaders come before the runs that
+    reuse a base. Each of the two lists is longest first (run_cost), plan order among equals."""
     leaders, followers, bases = [], [], set()
-    for t in tasks:
+    for t in sorted(tasks, key=lambda t: -sum(t.cost)):  # a stable sort: plan order among equals
         if t.base is None or t.base not in bases:
             leaders.append(t)
             if t.base is not None:
@@ -261,14 +262,18 @@ class LocalExecutor:
             slot, task = self.running.pop(future)
             try:
                 result = future.result()
-            except BrokenProcessPool:  # the worker died (out of memory, a crash): a new one for the slot
-                self.pools[slot.index].shutdown(wait=False, cancel_futures=True)
-                self.pools[slot.index] = self._pool(slot)
+            except BrokenProcessPool:  # the worker died (out of memory, a crash)
                 result = {"name": task.name, "status": "failed", "slot": slot.index, "group": slot.group,
                           "error": "the worker process died (out of memory, or a crash in native code)"}
             except Exception as e:  # noqa: BLE001  (e.g. a task that could not be pickled)
                 result = {"name": task.name, "status": "failed", "slot": slot.index, "group": slot.group,
                           "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+            if result["status"] == "failed":
+                # A failed run can leave its process unusable (a CUDA error poisons the process's
+                # CUDA context; after running out of memory the worker keeps its cached memory):
+                # the slot gets a fresh worker process before it takes another run.
+                self.pools[slot.index].shutdown(wait=False, cancel_futures=True)
+                self.pools[slot.index] = self._pool(slot)
             out.append((task, result))
         return out
 

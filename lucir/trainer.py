@@ -419,13 +419,16 @@ def run_incremental(config: Config, out_dir) -> dict:
         # BatchNorm over the global batch, as on the paper's single GPU (see lucir.distributed)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     run_started = time.time()
-    epoch_file = res.epoch_checkpoint_path(out)  # inside the phase in progress (config checkpoint_every)
+    # The state inside the phase in progress (config checkpoint_every), read once: only the first
+    # phase of this call can have one. Rank 0 reads it and decides for every rank.
+    epoch_file = res.epoch_checkpoint_path(out)
+    resume = share(res.load_state(epoch_file, f"phase {start}") if is_main() else None)
     for t in range(start, len(ranges)):
         torch.manual_seed(phase_seed(c.seed, t))
         gen = torch.Generator().manual_seed(phase_seed(c.seed, t))
         classes = ranges[t]
         lam = 0.0
-        ckpt = EpochCheckpoint(epoch_file, c.checkpoint_every, t, res.load_state(epoch_file, f"phase {t}"))
+        ckpt = EpochCheckpoint(epoch_file, c.checkpoint_every, t, resume if t == start else None)
         ckpt.context = {"memory": memory, "history": history}
         if t == 0:
             cache = base_cache_path(c, len(classes))
@@ -441,7 +444,8 @@ def run_incremental(config: Config, out_dir) -> dict:
                 else:
                     if c.cache_base:
                         partial = cache.with_name(cache.stem + ".partial.pt")
-                        ckpt = EpochCheckpoint(partial, c.checkpoint_every, 0, res.load_state(partial, "the base phase"))
+                        ckpt = EpochCheckpoint(partial, c.checkpoint_every, 0,
+                                               share(res.load_state(partial, "the base phase") if is_main() else None))
                     train_base(model, data, classes, c, device, gen, checkpoint=ckpt)
                     if c.cache_base and is_main():
                         res.atomic_write(cache, lambda p: torch.save(model.state_dict(), p))

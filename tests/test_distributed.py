@@ -62,8 +62,9 @@ def test_ddp_run_completes_with_one_set_of_outputs(ddp_run):
 
 def test_every_rank_holds_rank0_memory_metrics_and_model(ddp_run):
     out, rank0, rank1 = ddp_run
-    # per phase: the memory after herding and the metric row (cache_base is off: no cache decision)
-    assert len(rank0["shared"]) == 2 * 3
+    # the epoch checkpoint to resume from (none), then per phase: the memory after herding and the
+    # metric row (cache_base is off: no cache decision)
+    assert len(rank0["shared"]) == 1 + 2 * 3 and rank0["shared"][0] == "None"
     assert rank1["shared"] == rank0["shared"]
     assert comparable(rank1["metrics"]) == comparable(rank0["metrics"])
     # weights and BatchNorm statistics agree after every training call (3 phases)

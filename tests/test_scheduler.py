@@ -123,6 +123,40 @@ def test_a_shared_base_phase_is_trained_first_and_reused_after(tmp_path):
     assert results["a2"]["start"] >= results["a1"]["end"], "a run reusing a base waits for the run that trains it"
 
 
+def _costed_task(name: str, folder, cost: float, base: str | None = None) -> scheduler.RunTask:
+    return scheduler.RunTask(name=name, folder=str(folder), config=None, label="fake", needed_by=["nb__x"],
+                             base=base, cost=[cost / 2, cost / 2])
+
+
+def test_runs_start_longest_first_within_the_order_base_phases_impose(tmp_path):
+    base_x, base_y = str(tmp_path / "x.pt"), str(tmp_path / "y.pt")
+    tasks = [_costed_task("a", tmp_path, 5, base_x), _costed_task("b", tmp_path, 9, base_x),
+             _costed_task("c", tmp_path, 7), _costed_task("d", tmp_path, 1, base_y), _costed_task("e", tmp_path, 3)]
+    # b is the longest run on base x, so it trains that base; a reuses it and waits for it
+    assert [t.name for t in scheduler.order_runs(tasks)] == ["b", "c", "e", "d", "a"]
+    results = scheduler.execute(tasks, scheduler.LocalExecutor([scheduler.Slot(0, "cpu", 1)], work=note_times),
+                                poll=0.05)
+    assert [name for name, _ in sorted(results.items(), key=lambda kv: kv[1]["start"])] == ["b", "c", "e", "d", "a"]
+
+
+def fail_like_a_cuda_error(task, slot) -> dict:
+    """A stand-in for a run; the run named 'bad' fails as a device-side fault would."""
+    record = {"name": task.name, "slot": slot.index, "group": slot.group, "pid": os.getpid()}
+    if task.name == "bad":
+        return record | {"status": "failed", "error": "RuntimeError: CUDA error: an illegal memory access was "
+                                                      "encountered"}
+    return record | {"status": "done", "error": None}
+
+
+def test_a_worker_whose_run_failed_is_replaced_before_the_slot_takes_another(tmp_path):
+    tasks = [_costed_task(name, tmp_path, cost) for name, cost in (("ok1", 3), ("bad", 2), ("ok2", 1))]
+    executor = scheduler.LocalExecutor([scheduler.Slot(0, "cpu", 1)], work=fail_like_a_cuda_error)
+    results = scheduler.execute(tasks, executor, poll=0.05)
+    assert [results[n]["status"] for n in ("ok1", "bad", "ok2")] == ["done", "failed", "done"]
+    assert results["ok1"]["pid"] == results["bad"]["pid"], "a worker is kept after a run that succeeded"
+    assert results["ok2"]["pid"] != results["bad"]["pid"], "the worker of the failed run was not replaced"
+
+
 # --------------------------------------------------------------------------- the same numbers
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_scheduled_runs_give_the_numbers_of_a_direct_run(tmp_path, jobs):
