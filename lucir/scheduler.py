@@ -17,8 +17,10 @@ Executors:
   GPUs, K slots per GPU (`--runs-per-gpu K`), each worker seeing only its GPU
   (CUDA_VISIBLE_DEVICES is set in the worker before torch starts CUDA).
 - `RayExecutor`: each run a Ray task asking for its CPUs and 1/K of a GPU. No shared filesystem is
-  assumed: the task trains into a temporary folder on its node and returns the run folder's files,
-  which the driver writes into results_dir/runs/<name>/; the base-phase cache is per node.
+  assumed: the task trains into a temporary folder on its node and sends the run folder's files,
+  as they are written (only the newest phase checkpoint), to an actor on the driver's node; the
+  driver writes them into results_dir/runs/<name>/ at every poll. A task whose worker or node
+  dies is started again by Ray and resumes from those files. The base-phase cache is per node.
 """
 from __future__ import annotations
 
@@ -282,38 +284,128 @@ class LocalExecutor:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: int) -> dict:
-    """A Ray task's body, on whichever node it lands: write the run folder's files shipped by the
-    driver (to resume), train there, and return the result with every file of the folder."""
+def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: int, store,
+                            sync_seconds: float = 1.0) -> dict:
+    """A Ray task's body, on whichever node it lands: write the run folder's files (those the driver
+    shipped, then the newer ones the `store` actor holds from an earlier attempt of this task),
+    train there, and hand every file to the store as it is written (a FileSync thread), so that
+    the driver keeps what was trained even if this node dies."""
+    import ray
     with tempfile.TemporaryDirectory(prefix="lucir-run-") as tmp:
         folder = Path(tmp) / task.name
+        files = {**files, **ray.get(store.files.remote(task.name))}
         for rel, data in files.items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
-        result = execute_run(replace(task, folder=str(folder)), Slot(0, device, threads))
-        result["files"] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-                           if p.is_file() and not p.name.startswith(".")}
+        sync = FileSync(folder, lambda changes: ray.get(store.put.remote(task.name, changes)), sync_seconds)
+        try:
+            result = execute_run(replace(task, folder=str(folder)), Slot(0, device, threads))
+        finally:
+            sync.stop()  # the last changes reach the store before the task returns
     return result
 
 
-def folder_files(folder: Path) -> dict:
-    """The files a run needs to resume elsewhere: all but the checkpoints before the last one."""
+class FileSync:
+    """A thread that hands the files of a run folder to `send({relative path: bytes, or None for a
+    file removed})` as they change, every `seconds` and once more at stop(): every file but the
+    phase checkpoints older than the newest (only the newest is needed to resume)."""
+
+    def __init__(self, folder: Path, send, seconds: float):
+        self.folder, self.send, self.seconds = Path(folder), send, seconds
+        self.seen = self._state()  # what the folder holds now came from the driver: not sent back
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _state(self) -> dict:
+        state = {}
+        for rel in folder_files(self.folder, read=False):
+            try:
+                st = (self.folder / rel).stat()
+            except FileNotFoundError:  # replaced or removed meanwhile: the next pass sees it
+                continue
+            state[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return state
+
+    def _changes(self) -> None:
+        now = self._state()
+        changes = {}
+        for rel, key in now.items():
+            if self.seen.get(rel) != key:
+                try:
+                    changes[rel] = (self.folder / rel).read_bytes()
+                except FileNotFoundError:
+                    now.pop(rel)
+        changes |= {rel: None for rel in self.seen if rel not in now and not rel.startswith("checkpoints/phase_")}
+        if changes:
+            self.send(changes)
+        self.seen = now
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.seconds):
+            self._changes()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self._changes()
+
+
+def folder_files(folder: Path, read: bool = True) -> dict:
+    """The files a run needs to resume elsewhere ({relative path: bytes}, or the paths alone
+    without `read`): all but the phase checkpoints before the newest one."""
     folder = Path(folder)
     if not folder.is_dir():
         return {}
     checkpoints = sorted(folder.glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     skip = set(checkpoints[:-1])
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p not in skip and not p.name.startswith(".")}
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in skip and not p.name.startswith(".")]
+    return {str(p.relative_to(folder)): (p.read_bytes() if read else None) for p in paths}
 
 
 def write_run_files(folder: Path, files: dict) -> None:
-    """The files a Ray task returned, into the run folder; metrics.json last, so that a run is
-    complete only once everything else is in place."""
+    """Files of a Ray task into the run folder ({relative path: bytes, or None: remove it});
+    metrics.json last, so that a run is complete only once everything else is in place."""
     folder = Path(folder)
     for rel in sorted(files, key=lambda r: r == "metrics.json"):
         data = files[rel]
-        res.atomic_write(folder / rel, lambda p, d=data: Path(p).write_bytes(d))
+        if data is None:
+            (folder / rel).unlink(missing_ok=True)
+        else:
+            res.atomic_write(folder / rel, lambda p, d=data: Path(p).write_bytes(d))
+
+
+class RunFiles:
+    """A Ray actor on the driver's node holding what running tasks wrote: `pending`, the changes
+    the driver has not yet written into the results folder, and `latest`, the newest files of
+    each run, for a task that Ray starts again after its worker or node died. Only a run's newest
+    phase checkpoint is kept."""
+
+    def __init__(self):
+        self.pending: dict = {}
+        self.latest: dict = {}
+
+    def put(self, run: str, changes: dict) -> None:
+        latest = self.latest.setdefault(run, {})
+        for rel, data in changes.items():
+            if rel.startswith("checkpoints/phase_") and data is not None:
+                for old in [r for r in latest if r.startswith("checkpoints/phase_")]:
+                    del latest[old]
+            if data is None:
+                latest.pop(rel, None)
+            else:
+                latest[rel] = data
+            self.pending.setdefault(run, {})[rel] = data
+
+    def take(self) -> dict:
+        out, self.pending = self.pending, {}
+        return out
+
+    def files(self, run: str) -> dict:
+        return dict(self.latest.get(run, {}))
+
+    def forget(self, run: str) -> None:
+        self.latest.pop(run, None)
 
 
 class RayExecutor:
@@ -321,7 +413,7 @@ class RayExecutor:
     device is not cpu, 1/runs_per_gpu of a GPU. Without `address`, ray.init() starts a small local
     cluster (every core of this machine); with one, it joins that cluster."""
     name = "ray"
-    reports_epochs = False  # the driver cannot see a node's files until the task returns
+    reports_epochs = True  # progress.json reaches the driver's folder with the other files
 
     def __init__(self, address: str | None = None, device: str | None = None, runs_per_gpu: int = 1,
                  cpus_per_run: int = 1, num_cpus: int | None = None):
@@ -334,7 +426,8 @@ class RayExecutor:
             try:
                 if address:
                     ray.init(address=address, log_to_driver=False)
-                else:
+                else:  # a busy machine can take over Ray's default 30 s to start the local raylet
+                    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
                     ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
                 break
             except Exception as e:  # noqa: BLE001  (Ray raises plain Exception for a slow start)
@@ -349,6 +442,11 @@ class RayExecutor:
         self.device = "cuda" if gpus else "cpu"
         self.slots = gpus * runs_per_gpu if gpus else max(1, int(resources.get("CPU", 1)) // cpus_per_run)
         self.remote = ray.remote(run_in_temporary_folder)
+        # on the driver's node, so that what the tasks send survives the loss of any other node
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.store = ray.remote(RunFiles).options(num_cpus=0, scheduling_strategy=here).remote()
+        self.folders: dict = {}  # run name -> its folder in the results
         self.running: dict = {}  # object ref -> task
 
     @property
@@ -363,9 +461,17 @@ class RayExecutor:
         return self.slots - len(self.running)
 
     def submit(self, task: RunTask) -> None:
-        ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus).remote(
-            task, folder_files(Path(task.folder)), self.device, self.cpus_per_run)
+        # max_retries: Ray starts the task again when its worker process or node dies; it then
+        # resumes from the files the store holds
+        ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus, max_retries=3).remote(
+            task, folder_files(Path(task.folder)), self.device, self.cpus_per_run, self.store)
+        self.folders[task.name] = task.folder
         self.running[ref] = task
+
+    def _sync(self) -> None:
+        """Write what the tasks sent since the last call into the runs' folders."""
+        for run, changes in self.ray.get(self.store.take.remote()).items():
+            write_run_files(Path(self.folders[run]), changes)
 
     def busy(self) -> list[tuple[str, RunTask]]:
         return [(f"ray task {k}", task) for k, task in enumerate(self.running.values())]
@@ -375,15 +481,16 @@ class RayExecutor:
             time.sleep(timeout)
             return []
         ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        self._sync()  # after the wait: a finished task's last files are in the store already
         out = []
         for ref in ready:
             task = self.running.pop(ref)
             try:
                 result = self.ray.get(ref)
-                write_run_files(Path(task.folder), result.pop("files", {}))
-            except Exception as e:  # noqa: BLE001  (the task or its node died)
+            except Exception as e:  # noqa: BLE001  (the task or its node died more often than Ray retries)
                 result = {"name": task.name, "status": "failed",
                           "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+            self.store.forget.remote(task.name)
             out.append((task, result))
         return out
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import TINY, comparable
+from lucir import results as res
 from lucir import run_incremental, scheduler
 from lucir import study as study_mod
 from lucir.experiments import PlannedRun
@@ -295,7 +296,51 @@ def test_smoke_study_under_ray_matches_the_local_one(tmp_path, local_smoke):
     for name, folder in ray_runs.items():
         a, b = (json.loads((f / "metrics.json").read_text()) for f in (folder, local_runs[name]))
         assert comparable(a) == comparable(b), f"{name}: the files the Ray task returned hold the same numbers"
-        assert sorted(p.name for p in folder.rglob("*.pt")) == sorted(p.name for p in local_runs[name].rglob("*.pt"))
+        # only the newest phase checkpoint travels from a Ray task
+        newest = max(local_runs[name].glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        assert [p.name for p in folder.rglob("*.pt")] == [newest.name]
+
+
+def _kill_ray_task_after_phase_0(folder: Path, killed: list, deadline: float) -> None:
+    """Once phase 0's checkpoint has reached the driver's folder: note its file's identity, then
+    SIGKILL the Ray worker process running the task (Ray names it after the task's function)."""
+    import psutil
+    checkpoint = folder / "checkpoints" / "phase_0.pt"
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("run_in_temporary_folder" in part for part in proc.info["cmdline"] or []):
+            st = checkpoint.stat()
+            killed.append((proc.pid, (st.st_ino, st.st_mtime_ns)))
+            proc.kill()
+            return
+
+
+def test_ray_task_killed_after_its_first_phase_resumes_and_keeps_that_phase(tmp_path):
+    """The files a Ray task writes reach the driver as they are written; its worker process is
+    killed with SIGKILL after phase 0; Ray starts the task again, which resumes from what reached
+    the driver: the run ends with the numbers of an uninterrupted run, and phase 0's checkpoint
+    (deterministic, so a retrained one would be rewritten, not changed) was not written again."""
+    pytest.importorskip("ray")
+    import threading
+    values = dict(TINY, train_per_class=48, epochs=20, lr_milestones=(10,), cache_base=False,
+                  cache_dir=str(tmp_path / "cache"))
+    direct = run_incremental(PlannedRun("LUCIR", "lucir", values).config(), tmp_path / "direct")
+    pair = study_mod.Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
+    tasks, _ = scheduler.collect_runs([pair], tmp_path / "results")
+    folder, killed = Path(tasks[0].folder), []
+    executor = scheduler.RayExecutor(device="cpu", num_cpus=1)
+    killer = threading.Thread(target=_kill_ray_task_after_phase_0, args=(folder, killed, time.time() + 600))
+    killer.start()
+    results = scheduler.execute(tasks, executor, poll=0.2)
+    killer.join()
+    assert killed, "the task was not found running after phase 0"
+    result = results[tasks[0].name]
+    assert result["status"] == "done" and result["pid"] != killed[0][0], result
+    assert comparable(res.load_metrics(folder)) == comparable(direct)
+    st = (folder / "checkpoints" / "phase_0.pt").stat()
+    assert (st.st_ino, st.st_mtime_ns) == killed[0][1], "phase 0 was trained and sent again"
+    assert not (folder / scheduler.PROGRESS_FILE).exists() and not res.epoch_checkpoint_path(folder).exists()
 
 
 def test_a_failing_run_under_ray_is_reported_and_the_others_finish(tmp_path):
