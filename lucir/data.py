@@ -46,6 +46,17 @@ def class_order(num_classes: int, seed: int = 1993) -> list[int]:
     return [int(c) for c in order]
 
 
+def imagenet_subset_order(names: list[str], seed: int = 1993, size: int = 100) -> list[int]:
+    """ImageNet-Subset's classes in class order, as indices into `names` (the sorted class folders),
+    by the authors' procedure: gen_imagenet_subset.py seeds numpy with 1993 and draws `size`
+    folders with np.random.choice(classes, size, replace=False); the subset is then read back as
+    sorted folders (ImageFolder), and the training script seeds numpy with `seed` (1993) and
+    shuffles np.arange(size) (class_order) with no other draw in between."""
+    chosen = np.random.RandomState(1993).choice(np.asarray(names), size, replace=False)
+    subset = sorted(names.index(str(c)) for c in chosen)  # the subset's folders, sorted like `names`
+    return [subset[i] for i in class_order(size, seed)]
+
+
 def phase_classes(sizes: list[int]) -> list[range]:
     """Label ranges of each phase, in class-order positions: phase t covers range(a, b)."""
     out, start = [], 0
@@ -531,10 +542,7 @@ def load_dataset(config: Config) -> Dataset:
     total = len(names)
     order = class_order(total, config.class_order_seed)
     if config.dataset == "imagenet_subset":
-        # ImageNet-Subset: 100 classes drawn with seed 1993 (the first 100 of that order),
-        # then ordered by the class-order seed like any other dataset.
-        subset = sorted(class_order(total, 1993)[:100])
-        order = [subset[i] for i in class_order(100, config.class_order_seed)]
+        order = imagenet_subset_order(names, config.class_order_seed)
     n = config.num_classes or len(order)
     if n > len(order):
         raise ConfigError(f"num_classes={n} but {config.dataset} has {len(order)} classes")

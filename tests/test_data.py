@@ -11,7 +11,7 @@ import torch
 import lucir
 from lucir.config import ConfigError, phase_sizes
 from lucir.data import (ArrayImages, CIFAR_MEAN, CIFAR_STD, _first_per_class, class_order, data_root,
-                        load_cifar100, load_dataset, normalize, phase_classes, random_crop_flip, second_view, synthetic_data)
+                        imagenet_subset_order, load_cifar100, load_dataset, normalize, phase_classes, random_crop_flip, second_view, synthetic_data)
 
 from conftest import CIFAR_DIR, TINY_IMAGENET_DIR, need, tiny_config
 
@@ -32,6 +32,32 @@ def test_class_order_other_seed_and_global_rng_untouched():
     np.random.seed(123)
     class_order(100, 1993)
     assert np.random.rand() == expected
+
+
+def _authors_imagenet_subset(classes: list[str]) -> list[str]:
+    """The authors' steps, line by line: gen_imagenet_subset.py draws the subset from ImageFolder's
+    sorted classes, which ImageFolder then reads back sorted; class_incremental_cosine_imagenet.py
+    seeds numpy again and shuffles np.arange(100) (no numpy draw in between)."""
+    np.random.seed(1993)
+    subset_classes = np.random.choice(sorted(classes), 100, replace=False)
+    folders = sorted(subset_classes)
+    np.random.seed(1993)
+    order = np.arange(100)
+    np.random.shuffle(order)
+    return [str(folders[i]) for i in order]
+
+
+def test_imagenet_subset_classes_and_order_follow_the_authors_procedure():
+    rng = np.random.default_rng(7)
+    names = sorted(f"n{k:08d}" for k in rng.choice(10 ** 8, 1000, replace=False))  # 1,000 made-up wnids
+    ours = [names[i] for i in imagenet_subset_order(names)]
+    expected = _authors_imagenet_subset(names)
+    assert ours == expected
+    assert len(set(ours)) == 100
+    assert ours[:2] != sorted(ours)[:2]  # ordered by the shuffle, not left sorted
+    # the class-order seed reorders the same 100 classes
+    other = [names[i] for i in imagenet_subset_order(names, seed=1994)]
+    assert sorted(other) == sorted(ours) and other != ours
 
 
 def test_phase_sizes_b50_and_b0():

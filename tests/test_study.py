@@ -233,6 +233,20 @@ def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
     assert imagenet and all(c.lambda_base == 10 and c.epochs == 90 and c.weight_decay == 1e-4 for c in imagenet)
 
 
+@pytest.mark.parametrize("profile", ["quick", "full_cpu"])
+def test_profiles_name_their_runs_as_the_committed_reports_do(profile, tmp_path):
+    """Dataset-dependent defaults (ImageNet) leave every CIFAR-100 run's name, so its folder and
+    base-phase cache, as it was: the runs of the committed reports are found again."""
+    import pandas as pd
+    from lucir import experiments
+    _, _, content = study_mod.load_profile(profile)
+    pairs = study_mod.build_pairs(content, tmp_path, None, {})
+    ours = {experiments.run_name(run.config()) for p in pairs for run in p.plan}
+    committed = {name.split("/")[-1] for table in (REPO / "reports" / profile / "tables").glob("*.csv")
+                 for name in pd.read_csv(table).run_dir}
+    assert ours == committed
+
+
 def test_progress_cost_counts_every_phase():
     from lucir import make_config
     c = make_config("lucir", num_classes=40, base_classes=20, phases=5, train_per_class=100, base_epochs=20, epochs=8)
