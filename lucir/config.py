@@ -29,7 +29,8 @@ def _f(default, help: str):
 class Config:
     # --- data and protocol (Sec. 4.1) ---
     dataset: str = _f("cifar100", "cifar100 | imagenet | imagenet_subset | tiny_imagenet | synthetic")
-    data_dir: Optional[str] = _f(None, "data folder; None = $LUCIR_DATA (never a hard-coded path)")
+    data_dir: Optional[str] = _f(None, "data folder; None = $LUCIR_DATA, else ~/.cache/lucir/data, where CIFAR-100 "
+                                 "is downloaded on first use (never a hard-coded path)")
     num_classes: Optional[int] = _f(None, "use the first N classes of the class order; None = all")
     train_per_class: Optional[int] = _f(None, "keep the first N train images of each class; None = all")
     test_per_class: Optional[int] = _f(None, "keep the first N test images of each class; None = all")
