@@ -53,7 +53,7 @@ class ExecutorError(Exception):
 
 # --------------------------------------------------------------------------- the cost model
 def run_cost(config: Config) -> list[float]:
-    """Rough work of each phase of a run, in image-epochs (for the ETA and the README's projections)."""
+    """Rough work of each phase of a run, in image-epochs (image-steps: for the ETA, the dry run and docs/performance.md)."""
     n_cls, per_class, test_per_class = DATASET_SIZE.get(config.dataset, (100, 500, 100))
     n_cls = config.num_classes or n_cls
     per, test = config.train_per_class or per_class, config.test_per_class or test_per_class
@@ -200,7 +200,7 @@ def local_slots(device: str | None, jobs: int | None, runs_per_gpu: int = 1, gpu
     """The slots of the local executor. `jobs` None is 'auto': on a CPU with two or more cores two
     runs at once, sharing the cores (each overlaps the other's single-threaded work: evaluation,
     herding, Python; the quick study went 7% faster than one run at a time, measured on a 2-core
-    machine, README), on GPUs `runs_per_gpu` runs per visible GPU. A number caps the slots.
+    machine, docs/performance.md), on GPUs `runs_per_gpu` runs per visible GPU. A number caps the slots.
     $OMP_NUM_THREADS, when set, is every worker's thread count. On a CPU every slot keeps the
     thread count of a run by hand (every core, or $OMP_NUM_THREADS), whatever `jobs`: a CPU run's
     numbers depend on its torch thread count (the order of the sums in its convolutions), so N runs
