@@ -53,7 +53,8 @@ class ExecutorError(Exception):
 
 # --------------------------------------------------------------------------- the cost model
 def run_cost(config: Config) -> list[float]:
-    """Rough work of each phase of a run, in image-epochs (image-steps: for the ETA, the dry run and docs/performance.md)."""
+    """Rough work of each phase of a run, in image-epochs (image-steps), for the progress bar's ETA and
+    the dry run's projections (docs/performance.md)."""
     n_cls, per_class, test_per_class = DATASET_SIZE.get(config.dataset, (100, 500, 100))
     n_cls = config.num_classes or n_cls
     per, test = config.train_per_class or per_class, config.test_per_class or test_per_class

@@ -437,8 +437,8 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
     elif executor == "local":
         slots = len(scheduler.local_slots(device, jobs, runs_per_gpu))
         sharing = runs_per_gpu if kind.startswith("cuda") else slots
-    else:
-        slots, sharing = 1, 1
+    else:  # ray: the cluster decides; the projection is for one run at a time
+        slots, sharing, note = 1, 1, " (Ray: one at a time assumed)"
     sharing = max(1, min(sharing, len(tasks)))
     rates = {}
 
@@ -447,28 +447,27 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
         rates[model] = (rate, "given with --rate") if rate else scheduler.assumed_rate(kind, model)
         return rates[model][0] / sharing
 
-    say = print
-    say(f"study '{name}', dry run (nothing is trained): {_n(len(pairs), 'notebook run')} "
-        f"({len(pairs) - len(todo)} complete earlier); {_n(len(tasks), 'run')} to train, {len(earlier)} complete earlier")
+    print(f"study '{name}', dry run (nothing is trained): {_n(len(pairs), 'notebook run')} "
+          f"({len(pairs) - len(todo)} complete earlier); {_n(len(tasks), 'run')} to train, {len(earlier)} complete earlier")
     for pair in pairs:
-        say(f"  notebook {pair.key}: {_n(len(pair.plan), 'run')}")
+        print(f"  notebook {pair.key}: {_n(len(pair.plan), 'run')}")
     for key, why in left_out:
-        say(f"  left out: {key} ({why})")
+        print(f"  left out: {key} ({why})")
     for line in data_plan_lines(data):
-        say(f"data: {line}")
+        print(f"data: {line}")
     if not tasks:
         return
     schedule = scheduler.project(tasks, slots, rate_of)
-    costs = dict(zip((t.name for t in scheduler.order_runs(tasks)),
-                     scheduler.costs_with_shared_bases(scheduler.order_runs(tasks))))
+    ordered = scheduler.order_runs(tasks)
+    costs = dict(zip((t.name for t in ordered), scheduler.costs_with_shared_bases(ordered)))
     bases = {}
     for t, _, _ in schedule:
         if t.base is not None:
             bases.setdefault(t.base, []).append(t.name)
     letters = {b: chr(ord("A") + k) if k < 26 else f"B{k}" for k, b in enumerate(bases)}
-    say(f"runs in the order they start ({slots} at once on {kind}{note} with --executor {executor}; a run that reuses a "
-        f"base phase starts once it is cached):")
-    say(f"  {'#':>3}  {'run':<34} {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} {'time':>9}")
+    print(f"runs in the order they start ({slots} at once on {kind}{note} with --executor {executor}; a run that reuses a "
+          f"base phase starts once it is cached):")
+    print(f"  {'#':>3}  {'run':<34} {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} {'time':>9}")
     for k, (t, start, end) in enumerate(schedule, 1):
         if t.base is None:
             base = "own, not cached"
@@ -478,15 +477,15 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
             base = f"{letters[t.base]}: trains it ({_n(len(bases[t.base]), 'run')})"
         else:
             base = f"{letters[t.base]}: reuses it"
-        say(f"  {k:>3}  {t.name:<34} {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  {base:<22} "
-            f"{_hours(start):>9} {_hours(end - start):>9}")
+        print(f"  {k:>3}  {t.name:<34} {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  {base:<22} "
+              f"{_hours(start):>9} {_hours(end - start):>9}")
     total = sum(sum(c) for c in costs.values())
     device_seconds = sum(sum(costs[t.name]) / rates[t.config.resolved_model][0] for t, _, _ in schedule)
-    say(f"total: {_count(total)} image-steps; {_hours(device_seconds)} of {kind} time; projected wall time "
-        f"{_hours(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
-        f"a device's rate shared by the runs on it; data loading and notebooks not counted)")
+    print(f"total: {_count(total)} image-steps; {_hours(device_seconds)} of {kind} time; projected wall time "
+          f"{_hours(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
+          f"a device's rate shared by the runs on it; data loading and notebooks not counted)")
     for model, (r, source) in sorted(rates.items()):
-        say(f"rate assumed for {model} on {kind}: {r:,.0f} image-steps/s ({source})")
+        print(f"rate assumed for {model} on {kind}: {r:,.0f} image-steps/s ({source})")
 
 
 def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu: int, address: str | None,
