@@ -172,7 +172,9 @@ def header(results_dir) -> None:
     prov = (study or {}).get("provenance", {})
     git = prov.get("git", {})
     if study:
-        md(f"**Profile:** `{study['profile']}` ({study['profile_path']}). {study.get('description', '')}\n\n"
+        chosen = "; ".join(f"{k}={','.join(v)}" for k, v in (study.get("select") or {}).items())
+        md(f"**Profile:** `{study['profile']}` ({study['profile_path']}). {study.get('description', '')}"
+           f"{f' **Cut down by --select** {chosen}: only those runs.' if chosen else ''}\n\n"
            f"**Last invocation** started {study['started']}, finished {study.get('finished') or 'not finished'}; "
            f"**commit** `{(git.get('commit') or 'unknown')[:12]}`"
            f"{' (with uncommitted changes)' if git.get('dirty') else ''}; "
