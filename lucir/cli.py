@@ -5,11 +5,16 @@ import argparse
 import sys
 import textwrap
 
-from .config import PRESETS, ConfigError, field_help, make_config
+from .config import PRESETS, ConfigError, dataset_defaults, field_help, make_config
 
 
-def _fields_text() -> str:
+def _fields_text(preset: str = "lucir", dataset: str | None = None) -> str:
     lines = ["config fields (--set NAME=VALUE; default, meaning):"]
+    own = dataset_defaults(preset, dataset) if dataset else {}
+    if own:
+        shown = [f"{k} = {v!r}" for k, v in own.items()] + ["model = None (resnet18)"]
+        lines = [f"with --preset {preset} and dataset={dataset}, these defaults differ from CIFAR-100's:",
+                 textwrap.indent(textwrap.fill(", ".join(shown), 76), "  "), ""] + lines
     for name, default, meaning in field_help():
         lines.append(f"  {name} = {default}")
         lines.append(textwrap.indent(textwrap.fill(meaning, 76), "      "))
@@ -17,11 +22,11 @@ def _fields_text() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(preset: str = "lucir", dataset: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lucir", description="LUCIR class-incremental learning")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) one class-incremental sequence",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_fields_text())
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_fields_text(preset, dataset))
     run.add_argument("--preset", default="lucir", help="method preset: " + ", ".join(PRESETS))
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a config field (repeatable)")
@@ -39,8 +44,19 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _preset_and_dataset(argv: list[str]) -> tuple[str, str | None]:
+    """The --preset and --set dataset=... of a command line, so that --help shows that dataset's defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="lucir")
+    pre.add_argument("--set", dest="overrides", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    sets = dict(item.split("=", 1) for item in known.overrides if "=" in item)
+    return known.preset, sets.get("dataset", "").strip() or None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(*_preset_and_dataset(argv)).parse_args(argv)
     from . import distributed
     from .data import DataError
     from .trainer import TrainingDiverged, run_incremental

@@ -29,7 +29,8 @@ def _f(default, help: str):
 class Config:
     # --- data and protocol (Sec. 4.1) ---
     dataset: str = _f("cifar100", "cifar100 | imagenet | imagenet_subset | tiny_imagenet | synthetic")
-    data_dir: Optional[str] = _f(None, "data folder; None = $LUCIR_DATA (never a hard-coded path)")
+    data_dir: Optional[str] = _f(None, "data folder; None = $LUCIR_DATA, else ~/.cache/lucir/data, where CIFAR-100 "
+                                 "is downloaded on first use (never a hard-coded path)")
     num_classes: Optional[int] = _f(None, "use the first N classes of the class order; None = all")
     train_per_class: Optional[int] = _f(None, "keep the first N train images of each class; None = all")
     test_per_class: Optional[int] = _f(None, "keep the first N test images of each class; None = all")
@@ -52,7 +53,7 @@ class Config:
     class_balanced_finetune: bool = _f(False, "CBF: finetune the classifier on balanced exemplars after each phase")
     joint_training: bool = _f(False, "train on all data of the seen classes every phase (upper bound)")
     # --- loss hyperparameters (Sec. 4.1) ---
-    lambda_base: float = _f(5.0, "lambda_base of Eq. 7 (5 for CIFAR-100, 10 for ImageNet)")
+    lambda_base: float = _f(5.0, "lambda_base of Eq. 7 (Sec. 4.1: 5 for CIFAR-100, 10 for ImageNet)")
     lambda_direction: str = _f("code", "Eq. 7 direction: code = sqrt(|Co|/|Cn|) (official), paper = sqrt(|Cn|/|Co|)")
     K: int = _f(2, "hard negatives per anchor in Eq. 8")
     margin: float = _f(0.5, "margin m of Eq. 8")
@@ -67,7 +68,7 @@ class Config:
     lr_gamma: float = _f(0.1, "lr factor at each milestone")
     batch_size: int = _f(128, "batch size")
     momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "weight decay (5e-4 CIFAR, 1e-4 ImageNet)")
+    weight_decay: float = _f(5e-4, "weight decay (Sec. 4.1: 5e-4 CIFAR, 1e-4 ImageNet)")
     base_epochs: Optional[int] = _f(None, "epochs of the base phase; None = epochs")
     base_lr_milestones: Optional[tuple] = _f(None, "milestones of the base phase; None = lr_milestones")
     cbf_epochs: int = _f(20, "epochs of the class-balanced finetune (official ImageNet setting)")
@@ -75,7 +76,8 @@ class Config:
     cbf_lr_milestones: tuple = _f((10,), "milestones of the class-balanced finetune")
     # --- evaluation and running ---
     nme_flip: str = _f("channels", "second view of each exemplar averaged into the NME means: channels = RGB->BGR "
-                       "(official CIFAR code's [:, :, :, ::-1] on N,H,W,C), horizontal = true flip, none")
+                       "(official CIFAR code's [:, :, :, ::-1] on N,H,W,C), horizontal = true flip, none (official "
+                       "ImageNet code: D2 = D)")
     eval_batch_size: int = _f(256, "batch size for feature extraction and evaluation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     cache_base: bool = _f(True, "reuse the base-phase model across runs (cache keyed by what it depends on)")
@@ -112,6 +114,28 @@ NME_VIEWS = ("channels", "horizontal", "none")
 IMAGENET_LIKE = ("imagenet", "imagenet_subset", "tiny_imagenet")
 DATASETS = ("cifar100", "synthetic") + IMAGENET_LIKE
 
+# The ImageNet protocol (Sec. 4.1 and the authors' imagenet-class-incremental scripts: 90 epochs,
+# lr steps at 30 and 60, weight decay 1e-4, lambda_base 10 in run.sh, NME means without a second
+# view, D2 = D). For these datasets a field not given explicitly (by the preset or an override)
+# takes this value instead of the CIFAR-100 default above; the model is ResNet-18 by `model=None`.
+IMAGENET_DEFAULTS = dict(epochs=90, lr_milestones=(30, 60), lambda_base=10.0, weight_decay=1e-4, nme_flip="none")
+DATASET_DEFAULTS: dict[str, dict] = {
+    "imagenet": {**IMAGENET_DEFAULTS, "base_classes": 500},  # ImageNet-Full: half of 1000 classes
+    "imagenet_subset": dict(IMAGENET_DEFAULTS),
+}
+# ... and per preset: the official code runs LUCIR on ImageNet with the class-balanced finetune
+# (cbf_class_incremental_cosine_imagenet.py, --cb_finetune in run_all.sh).
+PRESET_DATASET_DEFAULTS: dict[tuple[str, str], dict] = {
+    ("lucir", "imagenet"): dict(class_balanced_finetune=True),
+    ("lucir", "imagenet_subset"): dict(class_balanced_finetune=True),
+}
+
+
+def dataset_defaults(preset: str, dataset: str) -> dict:
+    """The defaults that `dataset` (and `preset` on it) set differently from the Config defaults."""
+    return {**DATASET_DEFAULTS.get(dataset, {}), **PRESET_DATASET_DEFAULTS.get((preset, dataset), {})}
+
+
 # Presets: each method is a set of switches (STYLE habit 4). Ablation rows of Fig. 7a are
 # lucir with switches off; see README.
 PRESETS: dict[str, dict] = {
@@ -135,9 +159,29 @@ PRESETS: dict[str, dict] = {
 
 
 def field_help() -> list[tuple[str, str, str]]:
-    """(name, default, meaning) for every field, for --help and the README."""
-    return [(f.name, repr(f.default if f.default is not dataclasses.MISSING else f.default_factory()),
-             f.metadata.get("help", "")) for f in fields(Config)]
+    """(name, default, meaning) for every field, for --help and docs/config.md; the default names
+    the datasets (and presets) that set another one, e.g. "160 (imagenet, imagenet_subset: 90)"."""
+    rows = []
+    for f in fields(Config):
+        default = repr(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        other: dict[str, list[str]] = {}
+        for dataset, values in DATASET_DEFAULTS.items():
+            if f.name in values:
+                other.setdefault(repr(values[f.name]), []).append(dataset)
+        for (preset, dataset), values in PRESET_DATASET_DEFAULTS.items():
+            if f.name in values:
+                other.setdefault(repr(values[f.name]), []).append(f"{dataset} with preset {preset}")
+        extra = "; ".join(f"{', '.join(where)}: {value}" for value, where in other.items())
+        rows.append((f.name, f"{default} ({extra})" if extra else default, f.metadata.get("help", "")))
+    return rows
+
+
+def config_table() -> str:
+    """The markdown table of every field (docs/config.md holds it; a test keeps the two equal)."""
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for name, default, meaning in field_help():
+        rows.append(f"| `{name}` | `{default}` | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
 
 
 def _parse_value(name: str, raw, annotation):
@@ -194,6 +238,9 @@ def make_config(preset: str = "lucir", **overrides) -> Config:
                           f"choose one of: {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
     values.update(overrides)
+    dataset = str(values.get("dataset", Config.dataset)).strip()
+    for name, value in dataset_defaults(preset, dataset).items():
+        values.setdefault(name, value)  # only where neither the preset nor an override gives it
     hints = typing.get_type_hints(Config)
     known = {f.name for f in fields(Config)}
     parsed = {}

@@ -46,6 +46,17 @@ def class_order(num_classes: int, seed: int = 1993) -> list[int]:
     return [int(c) for c in order]
 
 
+def imagenet_subset_order(names: list[str], seed: int = 1993, size: int = 100) -> list[int]:
+    """ImageNet-Subset's classes in class order, as indices into `names` (the sorted class folders),
+    by the authors' procedure: gen_imagenet_subset.py seeds numpy with 1993 and draws `size`
+    folders with np.random.choice(classes, size, replace=False); the subset is then read back as
+    sorted folders (ImageFolder), and the training script seeds numpy with `seed` (1993) and
+    shuffles np.arange(size) (class_order) with no other draw in between."""
+    chosen = np.random.RandomState(1993).choice(np.asarray(names), size, replace=False)
+    subset = sorted(names.index(str(c)) for c in chosen)  # the subset's folders, sorted like `names`
+    return [subset[i] for i in class_order(size, seed)]
+
+
 def phase_classes(sizes: list[int]) -> list[range]:
     """Label ranges of each phase, in class-order positions: phase t covers range(a, b)."""
     out, start = [], 0
@@ -367,30 +378,107 @@ class Dataset:
     source: str             # where the data came from, for provenance
 
 
+# Classes, train and test images per class of each dataset (the full sets): for the cost model
+# of lucir.scheduler and the report's settings table; the loaders read the real counts.
+DATASET_SIZE = {"cifar100": (100, 500, 100), "imagenet": (1000, 1300, 50), "imagenet_subset": (100, 1300, 50),
+                "tiny_imagenet": (200, 50, 50), "synthetic": (10, 50, 20)}
+
+
+def default_data_root() -> Path:
+    """Where data goes when neither data_dir nor $LUCIR_DATA says: ~/.cache/lucir/data (or
+    $XDG_CACHE_HOME/lucir/data); CIFAR-100 is downloaded there on first use."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lucir" / "data"
+
+
 def data_root(config: Config) -> Path:
-    """The data folder: config.data_dir, else $LUCIR_DATA, else ~/.cache/lucir/data."""
+    """The data folder: config.data_dir, else $LUCIR_DATA, else default_data_root()."""
     if config.data_dir:
         return Path(config.data_dir).expanduser()
     if os.environ.get("LUCIR_DATA"):
         return Path(os.environ["LUCIR_DATA"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lucir" / "data"
+    return default_data_root()
 
+
+# torchvision's CIFAR-100 folder (python pickles), and what downloading it costs.
+CIFAR100_TORCHVISION = "cifar-100-python"
+CIFAR100_DOWNLOAD = "161 MiB from www.cs.toronto.edu, about 178 MiB once unpacked (the archive is then removed)"
 
 # Where each dataset's files are looked for: subfolders of the data root (the root itself is
-# tried first) and the file or folder whose presence marks the right one.
-DATA_FOLDERS = {"cifar100": (("cifar100", "cifar-100"), "labels.npz"),
-                "tiny_imagenet": (("tiny_imagenet_subset", "tiny_imagenet"), "val_jpeg.npz"),
-                "imagenet": (("imagenet", "ILSVRC2012"), "train"),
-                "imagenet_subset": (("imagenet", "ILSVRC2012"), "train")}
+# tried first) and the files or folders whose presence marks the right one (any of them).
+DATA_FOLDERS = {"cifar100": (("cifar100", "cifar-100"), ("labels.npz", f"{CIFAR100_TORCHVISION}/train")),
+                "tiny_imagenet": (("tiny_imagenet_subset", "tiny_imagenet"), ("val_jpeg.npz",)),
+                "imagenet": (("imagenet", "ILSVRC2012"), ("train",)),
+                "imagenet_subset": (("imagenet", "ILSVRC2012"), ("train",))}
 
 
 def find_data_folder(root: Path, dataset: str) -> Path | None:
-    """The folder of `dataset` under the data root (see DATA_FOLDERS), or None when absent."""
-    names, marker = DATA_FOLDERS[dataset]
-    for cand in (root, *[root / n for n in names]):
-        if (cand / marker).exists():
-            return cand
+    """The folder of `dataset` under the data root (see DATA_FOLDERS), or None when absent. For
+    CIFAR-100 the array format wins over torchvision's folder where both are present."""
+    names, markers = DATA_FOLDERS[dataset]
+    for marker in markers:
+        for cand in (root, *[root / n for n in names]):
+            if (cand / marker).exists():
+                return cand
     return None
+
+
+def download_cifar100(root: Path) -> Path:
+    """Download CIFAR-100 through torchvision (which checks its MD5 sums) into
+    root/cifar-100-python, once: under a lock, so that runs started together wait for the first,
+    and unpacked beside it then moved into place, so that a broken download leaves nothing."""
+    import shutil
+    import sys
+    import tempfile
+    from .results import locked
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with locked(root / f".{CIFAR100_TORCHVISION}.lock"):
+        if (root / CIFAR100_TORCHVISION / "train").exists():
+            return root
+        print(f"CIFAR-100 not found in '{root}': downloading it through torchvision ({CIFAR100_DOWNLOAD})",
+              file=sys.stderr, flush=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
+        try:
+            from torchvision.datasets import CIFAR100
+            CIFAR100(str(tmp), train=True, download=True)
+            os.replace(tmp / CIFAR100_TORCHVISION, root / CIFAR100_TORCHVISION)
+        except Exception as e:  # noqa: BLE001  (no network, disk full, bad checksum: one line)
+            raise DataError(f"CIFAR-100 not found in '{root}' and the download failed ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]}); offline, point at the data with "
+                            f"LUCIR_DATA=/path or --set data_dir=/path") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def read_torchvision_cifar100(folder: Path):
+    """(train_x, train_y, test_x, test_y, names) from torchvision's cifar-100-python pickles in
+    `folder`, in the array format's order (position i holds class i % 100, its (i // 100)-th
+    image; see array_format_order), so that both formats give the same runs."""
+    import pickle
+
+    def load(name):
+        with open(Path(folder) / CIFAR100_TORCHVISION / name, "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+
+    out = []
+    for split in ("train", "test"):
+        d = load(split)
+        x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        y = np.asarray(d["fine_labels"], dtype=np.int64)
+        keep = array_format_order(y)
+        out += [np.ascontiguousarray(x[keep]), y[keep]]
+    return (*out, list(load("meta")["fine_label_names"]))
+
+
+def array_format_order(labels: np.ndarray) -> np.ndarray:
+    """The permutation that puts images in the array format's order: by rank within their class
+    (the order of the original file kept), then by class."""
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((labels, rank))
 
 
 def _missing(what: str, root: Path, expected: str) -> DataError:
@@ -400,36 +488,39 @@ def _missing(what: str, root: Path, expected: str) -> DataError:
 
 @lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
 def load_cifar100(root: Path):
-    """(train_x, train_y, test_x, test_y, names, source) from the array format or torchvision."""
+    """(train_x, train_y, test_x, test_y, names, source) from the array format or torchvision's
+    cifar-100-python; when neither is under `root` and `root` is the default data folder (no
+    data_dir, no $LUCIR_DATA), downloaded there through torchvision."""
     arr = find_data_folder(root, "cifar100")
-    if arr is not None:
+    if arr is None and Path(root) != default_data_root():
+        raise _missing("CIFAR-100", root, "the array format (train_images_*.npy.xz, labels.npz) or torchvision's "
+                       f"{CIFAR100_TORCHVISION}; it is downloaded only into the default folder {default_data_root()}, "
+                       "with LUCIR_DATA and data_dir unset")
+    if arr is None or not (arr / "labels.npz").exists():
+        folder = arr or download_cifar100(root)
         try:
-            shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
-            if not shards:
-                raise DataError(f"CIFAR-100 array data in '{arr}' has no train_images_*.npy.xz shards")
-            train_x = np.concatenate([_load_xz(p) for p in shards])
-            test_x = _load_xz(arr / "test_images.npy.xz")
-            lab = np.load(arr / "labels.npz")
-            train_y, test_y = lab["train_fine_labels"].astype(np.int64), lab["test_fine_labels"].astype(np.int64)
-            names = json.loads((arr / "classes.json").read_text())["fine_label_names"]
-        except DataError:
-            raise
-        except (OSError, EOFError, ValueError, KeyError, lzma.LZMAError, zipfile.BadZipFile) as e:
-            raise DataError(f"CIFAR-100 data in '{arr}' is corrupt or incomplete ({type(e).__name__}: {e}); "
-                            f"check it with 'sha256sum -c SHA256SUMS'") from None
-        if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-            raise DataError(f"CIFAR-100 data in '{arr}' is corrupt: {len(train_x)} train images for "
-                            f"{len(train_y)} labels")
-        return train_x, train_y, test_x, test_y, names, f"array format at {arr}"
+            return (*read_torchvision_cifar100(folder), f"torchvision's {CIFAR100_TORCHVISION} at {folder}")
+        except (OSError, EOFError, ValueError, KeyError) as e:
+            raise DataError(f"CIFAR-100 data in '{folder / CIFAR100_TORCHVISION}' is corrupt or incomplete "
+                            f"({type(e).__name__}: {e}); delete that folder to download it again") from None
     try:
-        from torchvision.datasets import CIFAR100
-        tv_train = CIFAR100(str(root), train=True, download=True)
-        tv_test = CIFAR100(str(root), train=False, download=False)
-    except Exception:
-        raise _missing("CIFAR-100", root, "the array format (train_images_*.npy.xz, labels.npz) or "
-                       "torchvision's cifar-100-python; the download failed") from None
-    return (tv_train.data, np.array(tv_train.targets), tv_test.data, np.array(tv_test.targets),
-            tv_train.classes, f"torchvision at {root}")
+        shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
+        if not shards:
+            raise DataError(f"CIFAR-100 array data in '{arr}' has no train_images_*.npy.xz shards")
+        train_x = np.concatenate([_load_xz(p) for p in shards])
+        test_x = _load_xz(arr / "test_images.npy.xz")
+        lab = np.load(arr / "labels.npz")
+        train_y, test_y = lab["train_fine_labels"].astype(np.int64), lab["test_fine_labels"].astype(np.int64)
+        names = json.loads((arr / "classes.json").read_text())["fine_label_names"]
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, lzma.LZMAError, zipfile.BadZipFile) as e:
+        raise DataError(f"CIFAR-100 data in '{arr}' is corrupt or incomplete ({type(e).__name__}: {e}); "
+                        f"check it with 'sha256sum -c SHA256SUMS'") from None
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise DataError(f"CIFAR-100 data in '{arr}' is corrupt: {len(train_x)} train images for "
+                        f"{len(train_y)} labels")
+    return train_x, train_y, test_x, test_y, names, f"array format at {arr}"
 
 
 def _load_xz(path: Path) -> np.ndarray:
@@ -531,10 +622,7 @@ def load_dataset(config: Config) -> Dataset:
     total = len(names)
     order = class_order(total, config.class_order_seed)
     if config.dataset == "imagenet_subset":
-        # ImageNet-Subset: 100 classes drawn with seed 1993 (the first 100 of that order),
-        # then ordered by the class-order seed like any other dataset.
-        subset = sorted(class_order(total, 1993)[:100])
-        order = [subset[i] for i in class_order(100, config.class_order_seed)]
+        order = imagenet_subset_order(names, config.class_order_seed)
     n = config.num_classes or len(order)
     if n > len(order):
         raise ConfigError(f"num_classes={n} but {config.dataset} has {len(order)} classes")

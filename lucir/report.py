@@ -172,7 +172,9 @@ def header(results_dir) -> None:
     prov = (study or {}).get("provenance", {})
     git = prov.get("git", {})
     if study:
-        md(f"**Profile:** `{study['profile']}` ({study['profile_path']}). {study.get('description', '')}\n\n"
+        chosen = "; ".join(f"{k}={','.join(v)}" for k, v in (study.get("select") or {}).items())
+        md(f"**Profile:** `{study['profile']}` ({study['profile_path']}). {study.get('description', '')}"
+           f"{f' **Cut down by --select** {chosen}: only those runs.' if chosen else ''}\n\n"
            f"**Last invocation** started {study['started']}, finished {study.get('finished') or 'not finished'}; "
            f"**commit** `{(git.get('commit') or 'unknown')[:12]}`"
            f"{' (with uncommitted changes)' if git.get('dirty') else ''}; "
@@ -247,7 +249,7 @@ def _resolved(config: dict, field: str, sizes: tuple) -> object:
 
 def protocol_table(results_dir) -> pd.DataFrame:
     """Every protocol value the runs of this study used (resolved), beside the paper's."""
-    from .scheduler import DATASET_SIZE
+    from .data import DATASET_SIZE
     runs = runs_table(results_dir)
     if runs.empty:
         return pd.DataFrame(columns=["setting", "this study", "paper"])
@@ -593,7 +595,9 @@ def provenance_section(results_dir) -> None:
        f"torch threads {prov.get('device', {}).get('torch_threads')}")
     show_table(pd.DataFrame([{"package": k, "version": v} for k, v in prov.get("versions", {}).items()]))
     for d in prov.get("data", []):
-        md(f"Data **{d['dataset']}** from `{d['folder']}` (sha256 of every file listed in its SHA256SUMS, checked):")
+        how = ("sha256 of torchvision's files, whose MD5 sums torchvision checks when it downloads them"
+               if d.get("format") == "torchvision" else "sha256 of every file listed in its SHA256SUMS, checked")
+        md(f"Data **{d['dataset']}** from `{d['folder']}` ({how}):")
         show_table(pd.DataFrame([{"file": f["file"], "sha256": f["sha256"], "matches SHA256SUMS": f["ok"]}
                                  for f in d["files"]]))
     if not prov.get("data"):

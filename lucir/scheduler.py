@@ -41,12 +41,10 @@ from pathlib import Path
 from . import experiments
 from . import results as res
 from .config import Config, phase_sizes
+from .data import DATASET_SIZE
 from .memory import exemplars_per_class
 
-# For the progress bar only: classes and train images per class of each dataset, and the work
-# (in image-epochs) that loading the data and starting a kernel costs.
-DATASET_SIZE = {"cifar100": (100, 500, 100), "imagenet": (1000, 1300, 50), "imagenet_subset": (100, 1300, 50),
-                "tiny_imagenet": (200, 50, 50), "synthetic": (10, 50, 20)}
+# The work (in image-epochs) that loading the data and starting a kernel costs, for the progress bar.
 NOTEBOOK_OVERHEAD = 3000.0
 PROGRESS_FILE = "progress.json"  # written by a local worker after every epoch; removed when the run ends
 
@@ -57,7 +55,8 @@ class ExecutorError(Exception):
 
 # --------------------------------------------------------------------------- the cost model
 def run_cost(config: Config) -> list[float]:
-    """Rough work of each phase of a run, in image-epochs (for the ETA and the README's projections)."""
+    """Rough work of each phase of a run, in image-epochs (image-steps), for the progress bar's ETA and
+    the dry run's projections (docs/performance.md)."""
     n_cls, per_class, test_per_class = DATASET_SIZE.get(config.dataset, (100, 500, 100))
     n_cls = config.num_classes or n_cls
     per, test = config.train_per_class or per_class, config.test_per_class or test_per_class
@@ -73,6 +72,23 @@ def run_cost(config: Config) -> list[float]:
             work += 0.3 * mem * seen * config.cbf_epochs if config.class_balanced_finetune else 0.0
         costs.append(work + 0.25 * (seen * test + size * per + 2 * mem * seen))
     return costs
+
+
+# Training rates that turn run_cost (image-steps: an image through one training step, 1.25 with
+# the old model's forward) into time for `python -m lucir.study --dry-run`, per device kind and
+# model, each with where it comes from. Runs sharing a device share its rate.
+RATES = {
+    ("cpu", "resnet32"): (330.0, "measured on a 2-core CPU, 2026-11-25: base step 331 images/s, LUCIR incremental "
+                                 "step 263 images/s x 1.25 (studies/full_cpu.yaml); more cores, more"),
+    ("cpu", "resnet18"): (14.0, "measured on a 2-core CPU, 2026-11-26: bare ResNet-18 224 px step 13.6-15.4 images/s"),
+    ("cuda", "resnet32"): (5000.0, "ASSUMED for one modern GPU, not measured"),
+    ("cuda", "resnet18"): (1500.0, "ASSUMED for one modern GPU, not measured"),
+}
+
+
+def assumed_rate(device: str, model: str) -> tuple[float, str]:
+    """(images/s, where the figure comes from) for a run of `model` on `device` (cpu, cuda, cuda:N)."""
+    return RATES[("cuda" if device.startswith("cuda") else "cpu", model)]
 
 
 def base_phase_file(config: Config) -> Path | None:
@@ -115,6 +131,44 @@ def collect_runs(pairs, results_dir) -> tuple[list[RunTask], list[RunTask]]:
     return todo, [t for t in tasks.values() if res.is_complete(t.folder)]
 
 
+def costs_with_shared_bases(tasks: list[RunTask]) -> list[list[float]]:
+    """run_cost of each task, where a base phase that an earlier task trains, or that is cached
+    already, costs only its loading."""
+    out, bases = [], set()
+    for t in tasks:
+        costs = list(t.cost)
+        if t.base is not None and (Path(t.base).exists() or t.base in bases):
+            costs[0] = 0.25 * costs[0] / max(t.config.base_epochs or t.config.epochs, 1)  # loaded
+        if t.base is not None:
+            bases.add(t.base)
+        out.append(costs)
+    return out
+
+
+def project(tasks: list[RunTask], slots: int, rate_of) -> list[tuple[RunTask, float, float]]:
+    """(task, start, end) in seconds, in the order the runs start, when `slots` runs go at once,
+    each at rate_of(task) images/s: runs in order_runs order, a run that reuses a base phase once
+    the run that trains it has finished that phase (as `execute` starts them)."""
+    ordered = order_runs(tasks)
+    costs = dict(zip((t.name for t in ordered), costs_with_shared_bases(ordered)))
+    free, pending, base_ready, out = [0.0] * max(1, slots), list(ordered), {}, []
+    while pending:
+        now = min(free)
+        ready = [t for t in pending if t.base is None or t.base not in base_ready or base_ready[t.base] <= now]
+        if not ready:
+            free[free.index(now)] = min(base_ready[t.base] for t in pending)
+            continue
+        task = ready[0]
+        pending.remove(task)
+        rate = rate_of(task)
+        end = now + sum(costs[task.name]) / rate
+        if task.base is not None:
+            base_ready.setdefault(task.base, now + costs[task.name][0] / rate)
+        free[free.index(now)] = end
+        out.append((task, now, end))
+    return out
+
+
 def order_runs(tasks: list[RunTask]) -> list[RunTask]:
     """Longest runs first, within the order that base phases impose: for each distinct base phase
     its longest run leads (it trains and caches the base), and leaders come before the runs that
@@ -150,7 +204,7 @@ def local_slots(device: str | None, jobs: int | None, runs_per_gpu: int = 1, gpu
     """The slots of the local executor. `jobs` None is 'auto': on a CPU with two or more cores two
     runs at once, sharing the cores (each overlaps the other's single-threaded work: evaluation,
     herding, Python; the quick study went 7% faster than one run at a time, measured on a 2-core
-    machine, README), on GPUs `runs_per_gpu` runs per visible GPU. A number caps the slots.
+    machine, docs/performance.md), on GPUs `runs_per_gpu` runs per visible GPU. A number caps the slots.
     $OMP_NUM_THREADS, when set, is every worker's thread count. On a CPU every slot keeps the
     thread count of a run by hand (every core, or $OMP_NUM_THREADS), whatever `jobs`: a CPU run's
     numbers depend on its torch thread count (the order of the sums in its convolutions), so N runs
@@ -509,14 +563,8 @@ class Progress:
     def __init__(self, tasks: list[RunTask], notebooks: int, desc: str, enabled: bool = True):
         from tqdm.auto import tqdm
         self.tqdm, self.enabled, self.desc = tqdm, enabled, desc
-        self.tracked, bases = [], set()
-        for t in tasks:
-            costs = list(t.cost)
-            if t.base is not None and (Path(t.base).exists() or t.base in bases):
-                costs[0] = 0.25 * costs[0] / max(t.config.base_epochs or t.config.epochs, 1)  # loaded
-            if t.base is not None:
-                bases.add(t.base)
-            self.tracked.append((Path(t.folder), costs, self._phases_done(Path(t.folder))))
+        self.tracked = [(Path(t.folder), costs, self._phases_done(Path(t.folder)))
+                        for t, costs in zip(tasks, costs_with_shared_bases(tasks))]
         self.total = sum(sum(c[k0:]) for _, c, k0 in self.tracked) + NOTEBOOK_OVERHEAD * (notebooks + 1)
         self.notebooks_done, self.lock, self.stop = 0, threading.Lock(), threading.Event()
         self.bar = tqdm(total=max(self.total, 1.0), desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr,

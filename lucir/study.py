@@ -3,6 +3,7 @@ the notebooks with papermill and render the report.
 
     python -m lucir.study --profile quick [--only NOTEBOOK] [--jobs N|auto] [--results DIR] [--device DEV]
                           [--executor local|ray] [--runs-per-gpu K] [--address ADDR]
+                          [--select KEY=VALUE ...] [--dry-run] [--rate IMAGES_PER_S]
 
 A profile (studies/<name>.yaml) holds `shared` config overrides applied to every run and, per
 notebook, a list of parameter sets. A pair whose done marker (written only after success) matches
@@ -108,9 +109,76 @@ def _check_type(notebook: str, name: str, value, type_name: str) -> None:
         raise StudyError(f"notebook {notebook}: parameter '{name}' expects {type_name}, got {value!r}")
 
 
-def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtime: dict) -> list[Pair]:
+# --select KEY=VALUE[,VALUE]: what a selection can name. Values of one key are alternatives
+# (repeating a key adds values); different keys must all hold.
+SELECT_KEYS = ("dataset", "notebook", "setting", "method", "phases", "seed")
+METHOD_SWITCHES = ("cosine_normalization", "less_forget", "inter_class_separation", "adaptive_weight",
+                   "class_balanced_finetune", "distillation", "joint_training")
+
+
+def parse_selection(items: list[str] | None) -> dict[str, set[str]]:
+    """{key: allowed values} from --select items; one-line errors for a bad key or value."""
+    from .config import DATASETS, PRESETS
+    out: dict[str, set[str]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key, chosen = key.strip(), {v.strip() for v in values.split(",") if v.strip()}
+        if not sep or key not in SELECT_KEYS or not chosen:
+            raise StudyError(f"--select expects KEY=VALUE[,VALUE] with KEY one of {', '.join(SELECT_KEYS)}, "
+                             f"got '{item}'")
+        known = {"dataset": DATASETS, "notebook": experiments.EXPERIMENTS, "method": PRESETS}.get(key)
+        bad = sorted(v for v in chosen if (known is not None and v not in known)
+                     or (key in ("phases", "seed") and not v.isdigit()))
+        if bad:
+            expected = ", ".join(known) if known is not None else "whole numbers"
+            raise StudyError(f"--select {key}: unknown value '{bad[0]}' (expected {expected})")
+        out.setdefault(key, set()).update(chosen)
+    return out
+
+
+def narrow_parameters(notebook: str, params: dict, select: dict) -> dict:
+    """The parameters restricted to the selection where a parameter can say it: the phase counts
+    (and joint curves), the seeds, and main_curves' methods (joint only when selected)."""
+    p = dict(params)
+    if "phases" in select:
+        for name in ("phases", "joint_phases"):
+            if isinstance(p.get(name), list):
+                p[name] = [v for v in p[name] if str(v) in select["phases"]]
+    if "seed" in select and isinstance(p.get("seeds"), list):
+        p["seeds"] = [v for v in p["seeds"] if str(v) in select["seed"]]
+    if "method" in select and notebook == "main_curves":
+        p["methods"] = [m for m in p.get("methods", []) if m in select["method"]]
+        if "joint" not in select["method"]:
+            p["joint_phases"] = []
+    return p
+
+
+def run_selected(planned, config, select: dict) -> bool:
+    """Whether a planned run lies inside the selection. A run is of method m when its method
+    switches (CN, LC, IS, AW, CBF, distillation, joint) are those of preset m on its dataset."""
+    from .config import make_config
+    if "dataset" in select and config.dataset not in select["dataset"]:
+        return False
+    if "phases" in select and str(config.phases) not in select["phases"]:
+        return False
+    if "seed" in select and str(config.seed) not in select["seed"]:
+        return False
+    if "method" in select:
+        switches = {k: getattr(config, k) for k in METHOD_SWITCHES}
+        return any(switches == {k: getattr(make_config(m, dataset=config.dataset), k) for k in METHOD_SWITCHES}
+                   for m in select["method"])
+    return True
+
+
+def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtime: dict,
+                select: dict | None = None, left_out: list | None = None) -> list[Pair]:
     """Every (notebook, parameter set) of the profile, checked against the notebook's parameters
-    and with its plan of runs validated (a bad config value fails here, before any training)."""
+    and with its plan of runs validated (a bad config value fails here, before any training).
+    With a selection (parse_selection), each parameter set is narrowed to it (narrow_parameters)
+    and kept only if every run its notebook would train lies inside it; `left_out` receives
+    (pair key, reason) for the others."""
+    select = select or {}
+    left_out = [] if left_out is None else left_out
     shared = dict(content.get("shared") or {})
     notebooks = content["notebooks"]
     for name in notebooks:
@@ -152,13 +220,32 @@ def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtim
             # done marker record exactly what ran
             params = {name: default for name, (_, default) in known.items()} | entry | {
                 "setting": setting, "results_dir": str(results_dir), "config_overrides": overrides}
+            key = f"{notebook}__{setting}"
+            if ("notebook" in select and notebook not in select["notebook"]) or (
+                    "setting" in select and setting not in select["setting"]):
+                left_out.append((key, "not selected"))
+                continue
+            if select:
+                params = narrow_parameters(notebook, params, select)
+                emptied = [k for k in ("phases", "seeds", "methods") if params.get(k) == []]
+                if emptied:
+                    left_out.append((key, f"no {emptied[0]} left in the selection"))
+                    continue
             plan_args = {k: v for k, v in params.items() if k not in ("setting", "results_dir")}
             try:
                 plan = experiments.PLANS[notebook](**plan_args)
-                for run in plan:
-                    run.config()
+                configs = [run.config() for run in plan]
             except ConfigError as e:
                 raise StudyError(f"notebook {notebook}, setting {setting}: {e}") from None
+            if not plan:
+                left_out.append((key, "no runs left in the selection"))
+                continue
+            outside = [run for run, c in zip(plan, configs) if not run_selected(run, c, select)]
+            if outside:
+                left_out.append((key, f"it would also train runs outside the selection ({outside[0].method}"
+                                      f"{' ' + outside[0].variant if outside[0].variant else ''}, "
+                                      f"{outside[0].config().dataset}, {_n(outside[0].config().phases, 'phase')})"))
+                continue
             pairs.append(Pair(notebook, setting, params, plan))
     return pairs
 
@@ -219,8 +306,10 @@ def execute_pair(pair: Pair, results_dir: Path, reports_dir: Path) -> dict:
 
 
 def data_provenance(pairs: list[Pair]) -> list[dict]:
-    """Checksums of the data folder of every real dataset the study uses."""
-    from .data import data_root, find_data_folder
+    """Where the data of every real dataset the study uses is, in which format, with checksums
+    (the array format's SHA256SUMS, checked; sha256 of torchvision's CIFAR-100 files), or, for
+    CIFAR-100 missing from the default data folder, that it will be downloaded there."""
+    from . import data as data_mod
     out, seen = [], set()
     for pair in pairs:
         for planned in pair.plan[:1]:
@@ -228,18 +317,54 @@ def data_provenance(pairs: list[Pair]) -> list[dict]:
             if c.dataset == "synthetic" or c.dataset in seen:
                 continue
             seen.add(c.dataset)
-            folder = find_data_folder(data_root(c), c.dataset)
-            out.append({"dataset": c.dataset, "folder": str(folder or data_root(c)), "found": folder is not None,
-                        "files": provenance.data_checksums(folder) if folder else []})
+            root = data_mod.data_root(c)
+            folder = data_mod.find_data_folder(root, c.dataset)
+            entry = {"dataset": c.dataset, "folder": str(folder or root), "found": folder is not None,
+                     "format": None, "download": False, "files": []}
+            if folder is not None and c.dataset == "cifar100" and not (folder / "labels.npz").exists():
+                tv = folder / data_mod.CIFAR100_TORCHVISION
+                entry["format"] = "torchvision"
+                entry["files"] = [{"file": f"{tv.name}/{name}", "sha256": provenance.sha256(tv / name),
+                                   "expected": None, "ok": None} for name in ("train", "test", "meta")]
+            elif folder is not None:
+                entry["format"] = "array" if c.dataset in ("cifar100", "tiny_imagenet") else "folders"
+                entry["files"] = provenance.data_checksums(folder)
+            elif c.dataset == "cifar100" and root == data_mod.default_data_root():
+                entry["download"] = True
+            out.append(entry)
     return out
 
 
-def preflight_data(data: list[dict]) -> None:
+def data_plan_lines(data: list[dict]) -> list[str]:
+    """One line per dataset: where it is and in which format, or what will be downloaded."""
+    from .data import CIFAR100_DOWNLOAD, CIFAR100_TORCHVISION
+    lines = []
     for d in data:
+        if d["found"]:
+            lines.append(f"{d['dataset']}: {d['format']} format in {d['folder']}")
+        elif d["download"]:
+            lines.append(f"{d['dataset']}: not in {d['folder']}; downloaded there through torchvision into "
+                         f"{CIFAR100_TORCHVISION}/ before the runs start ({CIFAR100_DOWNLOAD})")
+        else:
+            lines.append(f"{d['dataset']}: NOT FOUND under {d['folder']}")
+    return lines
+
+
+def preflight_data(data: list[dict]) -> None:
+    """Stop with one line when data is missing or fails its checksums; download CIFAR-100 into
+    the default data folder when it is missing there (once, before any run starts)."""
+    from .data import DataError, download_cifar100
+    for d in data:
+        if d["download"]:
+            try:
+                download_cifar100(Path(d["folder"]))
+            except DataError as e:
+                raise StudyError(str(e)) from None
+            continue
         if not d["found"]:
             raise StudyError(f"{d['dataset']} data not found under '{d['folder']}'; point at it with "
                              f"LUCIR_DATA=/path (or data_dir in the profile's shared overrides)")
-        bad = [f["file"] for f in d["files"] if not f["ok"]]
+        bad = [f["file"] for f in d["files"] if f["ok"] is False]
         if bad:
             raise StudyError(f"{d['dataset']} data in '{d['folder']}' fails its SHA256SUMS check: {', '.join(bad)}")
 
@@ -278,6 +403,91 @@ def merge_study(path: Path, record: dict) -> None:
         res.write_json(path, record | {"pairs": list(pairs.values()), "runs": list(runs.values())})
 
 
+def repo_relative(path) -> str:
+    """A file's path relative to the repository when it lies inside it (what reports name), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}{'' if k == 1 else 's'}"
+
+
+def _count(work: float) -> str:
+    return f"{work / 1e9:.2f}G" if work >= 1e9 else f"{work / 1e6:.1f}M" if work >= 1e6 else f"{work / 1e3:.0f}k"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, executor, jobs, runs_per_gpu, rate) -> None:
+    """The dry run: notebooks kept and left out, data, each run in the order it starts with its
+    cost (image-steps, run_cost) and the base phase it shares, and the projected time on the chosen
+    device from the cost model at the rate it assumes (scheduler.RATES, or --rate)."""
+    import torch
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = "cpu" if kind == "auto" else kind
+    note = ""
+    if executor == "local" and kind.startswith("cuda") and not torch.cuda.is_available():
+        slots, sharing, note = min(jobs or runs_per_gpu, runs_per_gpu), runs_per_gpu, " (no GPU here: 1 GPU assumed)"
+    elif executor == "local":
+        slots = len(scheduler.local_slots(device, jobs, runs_per_gpu))
+        sharing = runs_per_gpu if kind.startswith("cuda") else slots
+    else:  # ray: the cluster decides; the projection is for one run at a time
+        slots, sharing, note = 1, 1, " (Ray: one at a time assumed)"
+    sharing = max(1, min(sharing, len(tasks)))
+    rates = {}
+
+    def rate_of(task):
+        model = task.config.resolved_model
+        rates[model] = (rate, "given with --rate") if rate else scheduler.assumed_rate(kind, model)
+        return rates[model][0] / sharing
+
+    print(f"study '{name}', dry run (nothing is trained): {_n(len(pairs), 'notebook run')} "
+          f"({len(pairs) - len(todo)} complete earlier); {_n(len(tasks), 'run')} to train, {len(earlier)} complete earlier")
+    for pair in pairs:
+        print(f"  notebook {pair.key}: {_n(len(pair.plan), 'run')}")
+    for key, why in left_out:
+        print(f"  left out: {key} ({why})")
+    for line in data_plan_lines(data):
+        print(f"data: {line}")
+    if not tasks:
+        return
+    schedule = scheduler.project(tasks, slots, rate_of)
+    ordered = scheduler.order_runs(tasks)
+    costs = dict(zip((t.name for t in ordered), scheduler.costs_with_shared_bases(ordered)))
+    bases = {}
+    for t, _, _ in schedule:
+        if t.base is not None:
+            bases.setdefault(t.base, []).append(t.name)
+    letters = {b: chr(ord("A") + k) if k < 26 else f"B{k}" for k, b in enumerate(bases)}
+    print(f"runs in the order they start ({slots} at once on {kind}{note} with --executor {executor}; a run that reuses a "
+          f"base phase starts once it is cached):")
+    print(f"  {'#':>3}  {'run':<34} {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} {'time':>9}")
+    for k, (t, start, end) in enumerate(schedule, 1):
+        if t.base is None:
+            base = "own, not cached"
+        elif Path(t.base).exists():
+            base = f"{letters[t.base]}: cached, loaded"
+        elif bases[t.base][0] == t.name:
+            base = f"{letters[t.base]}: trains it ({_n(len(bases[t.base]), 'run')})"
+        else:
+            base = f"{letters[t.base]}: reuses it"
+        print(f"  {k:>3}  {t.name:<34} {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  {base:<22} "
+              f"{_hours(start):>9} {_hours(end - start):>9}")
+    total = sum(sum(c) for c in costs.values())
+    device_seconds = sum(sum(costs[t.name]) / rates[t.config.resolved_model][0] for t, _, _ in schedule)
+    print(f"total: {_count(total)} image-steps; {_hours(device_seconds)} of {kind} time; projected wall time "
+          f"{_hours(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
+          f"a device's rate shared by the runs on it; data loading and notebooks not counted)")
+    for model, (r, source) in sorted(rates.items()):
+        print(f"rate assumed for {model} on {kind}: {r:,.0f} image-steps/s ({source})")
+
+
 def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu: int, address: str | None,
                   cpus_per_run: int):
     if kind == "ray":
@@ -288,9 +498,11 @@ def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu:
 def run_study(profile: str, results: str | None = None, reports: str | None = None, only: list[str] | None = None,
               jobs: int | None = None, device: str | None = None, cache_dir: str | None = None, progress: bool = True,
               executor: str = "local", runs_per_gpu: int = 1, address: str | None = None,
-              cpus_per_run: int = 1) -> int:
+              cpus_per_run: int = 1, select: dict | None = None, dry_run: bool = False,
+              rate: float | None = None) -> int:
     """The whole study; returns the exit status (0, or 1 when a run or a notebook failed).
-    `jobs` None is 'auto' (see scheduler.local_slots)."""
+    `jobs` None is 'auto' (see scheduler.local_slots). `select` (parse_selection) cuts the profile
+    down; `dry_run` prints the plan (print_plan) and trains nothing."""
     name, path, content = load_profile(profile)
     results_dir = Path(results or Path("results") / name).resolve()
     reports_dir = Path(reports or Path("reports") / name).resolve()
@@ -301,15 +513,26 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     cache_dir = str(Path(cache_dir).expanduser().resolve()) if cache_dir else None
     runtime = {"progress": False} | ({"device": device} if device else {}) | (
         {"cache_dir": cache_dir} if cache_dir else {})
-    if device:
+    if device and not dry_run:  # a dry run may plan for a device this machine lacks
         from .trainer import resolve_device
         try:
             resolve_device(device)
         except ConfigError as e:
             raise StudyError(f"--device: {e}") from None
-    pairs = build_pairs(content, results_dir, only, runtime)
+    left_out: list = []
+    pairs = build_pairs(content, results_dir, only, runtime, select, left_out)
+    if not pairs:
+        raise StudyError(f"the selection leaves nothing to run in profile '{name}' "
+                         f"({'; '.join(f'{k}: {why}' for k, why in left_out[:3])})")
     data = data_provenance(pairs)
+    if dry_run:
+        todo = [p for p in pairs if not is_done(results_dir, p)]
+        tasks, earlier = scheduler.collect_runs(todo, results_dir)
+        print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, executor, jobs, runs_per_gpu, rate)
+        return 0
     preflight_data(data)
+    if any(d["download"] for d in data):
+        data = data_provenance(pairs)  # the downloaded files, for provenance
     started = provenance.now()
     todo = [p for p in pairs if not is_done(results_dir, p)]
     tasks, earlier = scheduler.collect_runs(todo, results_dir)
@@ -323,8 +546,9 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
 
     def write_study(finished=None):
         merge_study(study_file, {
-            "profile": name, "profile_path": str(path), "description": content.get("description", ""),
+            "profile": name, "profile_path": repo_relative(path), "description": content.get("description", ""),
             "shared": content.get("shared") or {}, "notebooks": content["notebooks"], "only": only,
+            "select": {k: sorted(v) for k, v in (select or {}).items()},
             "executor": executor, "jobs": jobs or "auto", "runtime": runtime, "started": started,
             "finished": finished, "pairs": list(records.values()), "runs": list(run_records.values()),
             "provenance": provenance.collect() | {"data": data}})
@@ -407,6 +631,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NOTEBOOK",
                    help="run only this notebook (repeatable, or comma-separated); the report marks the others "
                         "'not run'")
+    p.add_argument("--select", action="append", metavar="KEY=VALUE[,VALUE]",
+                   help="cut the profile down (repeatable; values of one key are alternatives, different keys "
+                        f"must all hold): KEY is one of {', '.join(SELECT_KEYS)}, e.g. --select dataset=cifar100 "
+                        "--select method=lucir --select phases=5 --select seed=0. Each notebook's parameter set is "
+                        "narrowed (phases, seeds, main_curves' methods) and run only if every run it needs lies "
+                        "inside the selection; a method is a preset (lucir, icarl, joint, ...)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and train nothing: the notebooks kept and left out, where the data is (or "
+                        "what will be downloaded), each run in the order it starts with its cost in image-steps, "
+                        "the base phase it shares and its projected time on the device at the rate assumed")
+    p.add_argument("--rate", type=float, metavar="IMAGES_PER_S",
+                   help="--dry-run: the training rate (image-steps/s of one run alone on the device) instead of "
+                        "the assumed one")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: worker processes on this machine (default); ray: Ray tasks, on a local Ray "
                         "cluster or the one at --address (needs pip install -e \".[ray]\")")
@@ -453,10 +690,14 @@ def main(argv: list[str] | None = None) -> int:
             print('error: --executor ray needs Ray, which is not installed: pip install -e ".[ray]"',
                   file=sys.stderr)
             return 2
+    if args.rate is not None and not args.rate > 0:
+        print("error: --rate must be positive", file=sys.stderr)
+        return 2
     try:
         return run_study(args.profile, args.results, args.reports, only, jobs, args.device, args.cache_dir,
                          progress=not args.no_progress, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
-                         address=args.address, cpus_per_run=args.cpus_per_run)
+                         address=args.address, cpus_per_run=args.cpus_per_run, select=parse_selection(args.select),
+                         dry_run=args.dry_run, rate=args.rate)
     except (StudyError, scheduler.ExecutorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

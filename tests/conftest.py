@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,35 @@ def need(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"offline data not found at {path} (set LUCIR_DATA)")
     return path
+
+
+def write_torchvision_cifar100(arrays, root: Path, seed: int = 0) -> Path:
+    """torchvision's cifar-100-python (pickles of (N, 3072) uint8 rows, fine labels, meta) made from
+    the array data, with the classes interleaved in another order, as in the official files (the
+    order within each class kept): what a download puts into the data folder."""
+    import pickle
+    train_x, train_y, test_x, test_y, names = arrays[:5]
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        # a random interleaving of the classes that keeps each class's own order
+        slots = rng.permutation(np.repeat(np.arange(100), np.bincount(y, minlength=100)))
+        perm = np.empty(len(y), dtype=np.int64)
+        for c in range(100):
+            perm[slots == c] = np.flatnonzero(y == c)
+        rows = x[perm].transpose(0, 3, 1, 2).reshape(len(y), -1)
+        with open(folder / split, "wb") as fh:
+            pickle.dump({"data": rows, "fine_labels": [int(v) for v in y[perm]],
+                         "coarse_labels": [0] * len(y)}, fh, protocol=2)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": list(names), "coarse_label_names": []}, fh, protocol=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def torchvision_cifar100(tmp_path_factory):
+    """(the array data, a data folder holding only torchvision's CIFAR-100 files made from it)."""
+    from lucir.data import load_cifar100
+    arrays = load_cifar100(need(CIFAR_DIR))
+    return arrays, write_torchvision_cifar100(arrays, tmp_path_factory.mktemp("tv") / "data")

@@ -108,6 +108,42 @@ def test_resolved_model_per_dataset():
     assert make_config(last_relu=True).resolved_last_relu is True
 
 
+def test_imagenet_takes_the_papers_imagenet_defaults_unless_given():
+    cifar = make_config("lucir")
+    for dataset in ("imagenet", "imagenet_subset"):
+        c = make_config("lucir", dataset=dataset)
+        assert (c.epochs, c.lr_milestones, c.lambda_base, c.weight_decay) == (90, (30, 60), 10.0, 1e-4)
+        assert c.class_balanced_finetune and c.nme_flip == "none" and c.resolved_model == "resnet18"
+        assert c.base_classes == (500 if dataset == "imagenet" else 50)
+        # what is given explicitly wins, from an override or from the preset
+        given = make_config("lucir", dataset=dataset, epochs=3, nme_flip="channels", class_balanced_finetune=False)
+        assert (given.epochs, given.nme_flip, given.class_balanced_finetune) == (3, "channels", False)
+        assert given.lr_milestones == (30, 60) and given.lambda_base == 10.0
+        icarl = make_config("icarl", dataset=dataset)
+        assert icarl.epochs == 90 and icarl.weight_decay == 1e-4 and not icarl.class_balanced_finetune  # CBF: LUCIR only
+    # other datasets keep the CIFAR-100 defaults
+    for dataset in ("cifar100", "tiny_imagenet", "synthetic"):
+        c = make_config("lucir", dataset=dataset)
+        assert (c.epochs, c.lambda_base, c.nme_flip, c.class_balanced_finetune) == (160, 5.0, "channels", False)
+    assert cifar.to_dict() == Config().to_dict()
+    # a stored ImageNet config is rebuilt as it was written, whatever the defaults
+    old = make_config("lucir", dataset="imagenet_subset", nme_flip="channels", epochs=90).to_dict()
+    assert config_from_dict(old).to_dict() == old
+
+
+def test_run_help_shows_both_defaults(tmp_path):
+    text = dict((name, default) for name, default, _ in field_help())
+    assert text["epochs"] == "160 (imagenet, imagenet_subset: 90)"
+    assert text["lr_milestones"] == "(80, 120) (imagenet, imagenet_subset: (30, 60))"
+    assert "imagenet_subset with preset lucir: True" in text["class_balanced_finetune"]
+    proc = _python_m_lucir(["run", "--preset", "lucir", "--set", "dataset=imagenet_subset", "--help"], tmp_path)
+    assert proc.returncode == 0
+    head = proc.stdout.split("config fields")[0]
+    assert "dataset=imagenet_subset" in head and "epochs = 90" in head and "lambda_base = 10.0" in head
+    assert "nme_flip = 'none'" in head and "class_balanced_finetune = True" in head
+    assert "epochs = 160 (imagenet, imagenet_subset: 90)" in proc.stdout
+
+
 def test_config_json_round_trip():
     c = make_config("icarl", epochs=3, lr_milestones=(1, 2), memory_total=100, num_classes=10, base_classes=4,
                     phases=3)

@@ -11,9 +11,9 @@ import torch
 import lucir
 from lucir.config import ConfigError, phase_sizes
 from lucir.data import (ArrayImages, CIFAR_MEAN, CIFAR_STD, _first_per_class, class_order, data_root,
-                        load_cifar100, load_dataset, normalize, phase_classes, random_crop_flip, second_view, synthetic_data)
+                        imagenet_subset_order, load_cifar100, load_dataset, normalize, phase_classes, random_crop_flip, second_view, synthetic_data)
 
-from conftest import CIFAR_DIR, TINY_IMAGENET_DIR, need, tiny_config
+from conftest import CIFAR_DIR, TINY_IMAGENET_DIR, need, tiny_config, write_torchvision_cifar100
 
 
 # --------------------------------------------------------------------------- class order, phases
@@ -32,6 +32,32 @@ def test_class_order_other_seed_and_global_rng_untouched():
     np.random.seed(123)
     class_order(100, 1993)
     assert np.random.rand() == expected
+
+
+def _authors_imagenet_subset(classes: list[str]) -> list[str]:
+    """The authors' steps, line by line: gen_imagenet_subset.py draws the subset from ImageFolder's
+    sorted classes, which ImageFolder then reads back sorted; class_incremental_cosine_imagenet.py
+    seeds numpy again and shuffles np.arange(100) (no numpy draw in between)."""
+    np.random.seed(1993)
+    subset_classes = np.random.choice(sorted(classes), 100, replace=False)
+    folders = sorted(subset_classes)
+    np.random.seed(1993)
+    order = np.arange(100)
+    np.random.shuffle(order)
+    return [str(folders[i]) for i in order]
+
+
+def test_imagenet_subset_classes_and_order_follow_the_authors_procedure():
+    rng = np.random.default_rng(7)
+    names = sorted(f"n{k:08d}" for k in rng.choice(10 ** 8, 1000, replace=False))  # 1,000 made-up wnids
+    ours = [names[i] for i in imagenet_subset_order(names)]
+    expected = _authors_imagenet_subset(names)
+    assert ours == expected
+    assert len(set(ours)) == 100
+    assert ours[:2] != sorted(ours)[:2]  # ordered by the shuffle, not left sorted
+    # the class-order seed reorders the same 100 classes
+    other = [names[i] for i in imagenet_subset_order(names, seed=1994)]
+    assert sorted(other) == sorted(ours) and other != ours
 
 
 def test_phase_sizes_b50_and_b0():
@@ -281,6 +307,53 @@ def test_tiny_imagenet_loads_and_runs(tmp_path):
 
 
 # --------------------------------------------------------------------------- missing and corrupt data
+# --------------------------------------------------------------------------- torchvision's format
+def test_torchvision_format_reads_as_the_array_format(torchvision_cifar100):
+    arrays, root = torchvision_cifar100
+    loaded = load_cifar100(root)
+    for ours, theirs in zip(loaded[:4], arrays[:4]):
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)  # same images, labels and order
+    assert loaded[4] == arrays[4] and "torchvision" in loaded[5]
+
+
+def test_download_goes_to_the_default_folder_once(tmp_path, monkeypatch):
+    """No LUCIR_DATA, no data_dir: CIFAR-100 is fetched through torchvision into the default data
+    folder (here a fake torchvision that writes a small cifar-100-python, offline), then read."""
+    import torchvision.datasets
+    monkeypatch.delenv("LUCIR_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    calls = []
+    small = synthetic_data(100, 3, 2)
+
+    def fake_cifar100(root, train=True, download=False, **kw):
+        calls.append(root)
+        write_torchvision_cifar100((small[0], small[1], small[2], small[3], [f"c{k}" for k in range(100)]), Path(root))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_cifar100)
+    config = tiny_config(cache_dir=tmp_path, dataset="cifar100", num_classes=4, base_classes=2, phases=1,
+                         train_per_class=3, test_per_class=2)
+    default = tmp_path / "xdg" / "lucir" / "data"
+    assert lucir.data.default_data_root() == default == data_root(config)
+    data = load_dataset(config)
+    assert len(calls) == 1 and (default / "cifar-100-python" / "train").exists()
+    assert not any(p.name.startswith(".download-") for p in default.iterdir())  # the temporary folder is gone
+    assert data.source == f"torchvision's cifar-100-python at {default}" and len(data.train_labels) == 12
+    load_cifar100.cache_clear()
+    load_dataset(config)
+    assert len(calls) == 1  # found, not fetched again
+
+
+def test_failed_download_is_one_line(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    monkeypatch.delenv("LUCIR_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = tiny_config(cache_dir=tmp_path, dataset="cifar100", num_classes=4, base_classes=2, phases=1)
+    with pytest.raises(lucir.DataError) as info:
+        load_dataset(config)
+    message = str(info.value)
+    assert "download failed" in message and "LUCIR_DATA" in message and "\n" not in message
+    assert not (tmp_path / "xdg" / "lucir" / "data" / "cifar-100-python").exists()
+
+
 def _offline(monkeypatch):
     """torchvision's CIFAR-100 download fails as on an offline machine (never hit the network)."""
     import torchvision.datasets

@@ -158,6 +158,22 @@ def test_a_worker_whose_run_failed_is_replaced_before_the_slot_takes_another(tmp
     assert results["ok2"]["pid"] != results["bad"]["pid"], "the worker of the failed run was not replaced"
 
 
+def test_projection_starts_runs_as_execute_does(tmp_path):
+    """The dry run's projection: base-phase leaders first, a run reusing a base once that base is
+    trained (its base then costs only its loading), each run's time its cost over its rate."""
+    from lucir import make_config
+    config = make_config("lucir", epochs=10)  # base phase 10 epochs: loading costs 0.25 / 10 of it
+    base = str(tmp_path / "base.pt")
+    tasks = [scheduler.RunTask(name, str(tmp_path / name), config, cost=[100.0, 10.0], base=b)
+             for name, b in (("a1", base), ("a2", base), ("n", None))]
+    plan = scheduler.project(tasks, slots=2, rate_of=lambda task: 10.0)
+    assert [(t.name, start, end) for t, start, end in plan] == [
+        ("a1", 0.0, 11.0), ("n", 0.0, 11.0),   # the base's leader and the run of its own
+        ("a2", 11.0, 11.0 + (100.0 * 0.25 / 10 + 10.0) / 10)]  # starts when a1 is free, loads the base
+    plan = scheduler.project(tasks, slots=3, rate_of=lambda task: 10.0)
+    assert [(t.name, start) for t, start, _ in plan] == [("a1", 0.0), ("n", 0.0), ("a2", 10.0)]  # base done at 10 s
+
+
 # --------------------------------------------------------------------------- the same numbers
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_scheduled_runs_give_the_numbers_of_a_direct_run(tmp_path, jobs):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,8 @@ def test_smoke_study_succeeds_and_prints_the_report_path(study):
     record = json.loads((study["results"] / "study" / "study.json").read_text())
     assert record["profile"] == "smoke" and {p["status"] for p in record["pairs"]} == {"done"}
     assert record["provenance"]["git"]["commit"] and record["finished"]
+    assert record["profile_path"] == "studies/smoke.yaml"  # relative to the repository, not this machine
+    assert "studies/smoke.yaml" in (study["reports"] / "report.html").read_text()
 
 
 def test_report_has_every_section_and_figure(study):
@@ -231,6 +234,153 @@ def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
     assert {c.seed for c in cifar} == {0, 1, 2} and all(c.epochs == 160 for c in cifar)
     imagenet = [run.config() for p in pairs for run in p.plan if run.config().dataset.startswith("imagenet")]
     assert imagenet and all(c.lambda_base == 10 and c.epochs == 90 and c.weight_decay == 1e-4 for c in imagenet)
+
+
+@pytest.mark.parametrize("profile", ["quick", "full_cpu"])
+def test_profiles_name_their_runs_as_the_committed_reports_do(profile, tmp_path):
+    """Dataset-dependent defaults (ImageNet) leave every CIFAR-100 run's name, so its folder and
+    base-phase cache, as it was: the runs of the committed reports are found again."""
+    import pandas as pd
+    from lucir import experiments
+    _, _, content = study_mod.load_profile(profile)
+    pairs = study_mod.build_pairs(content, tmp_path, None, {})
+    ours = {experiments.run_name(run.config()) for p in pairs for run in p.plan}
+    committed = {name.split("/")[-1] for table in (REPO / "reports" / profile / "tables").glob("*.csv")
+                 for name in pd.read_csv(table).run_dir}
+    assert ours == committed
+
+
+PAPER_ONE_RUN = ["--profile", "paper", "--select", "dataset=cifar100", "--select", "method=lucir",
+                 "--select", "phases=5", "--select", "seed=0", "--dry-run"]
+RUN_ROW = re.compile(r"^\s+\d+\s+(\S+-b\d+-p\d+-s\d+-[0-9a-f]{12})\s", re.M)
+
+
+def test_dry_run_of_a_selection_lists_one_run_with_cost_and_time(capsys, tmp_path):
+    rc, out, err = _main(capsys, *PAPER_ONE_RUN, "--results", str(tmp_path / "results"))
+    assert rc == 0, err
+    assert RUN_ROW.findall(out) == ["cifar100-b50-p5-s0-032a76ed96d9"]  # the paper's LUCIR B50 5 phases, seed 0
+    row = next(line for line in out.splitlines() if "cifar100-b50-p5-s0-" in line)
+    assert "LUCIR" in row and "10.4M" in row and "trains it" in row  # image-steps (run_cost) and its base phase
+    assert re.search(r"rate assumed for resnet32 on cpu: 330 image-steps/s \(measured", out)
+    assert re.search(r"total: 10\.4M image-steps; 8\.8 h of cpu time", out)
+    assert "left out: adaptive_weight__cifar100" in out and "left out: main_curves__imagenet " in out
+    assert not (tmp_path / "results" / "runs").exists()  # nothing trained
+    rc, out, _ = _main(capsys, *PAPER_ONE_RUN, "--device", "cuda", "--rate", "4000",
+                       "--results", str(tmp_path / "results"))
+    assert rc == 0 and "rate assumed for resnet32 on cuda: 4,000 image-steps/s (given with --rate)" in out
+    # without a selection the plan is the whole profile: 99 runs, 18 base phases
+    rc, out, _ = _main(capsys, "--profile", "paper", "--dry-run", "--device", "cuda", "--results", str(tmp_path))
+    assert rc == 0 and len(RUN_ROW.findall(out)) == 99 and out.count("trains it") == 18
+
+
+def test_selection_narrows_what_the_notebooks_train(tmp_path):
+    _, _, paper = study_mod.load_profile("paper")
+    select = study_mod.parse_selection(["dataset=cifar100", "method=lucir", "phases=5,10", "seed=0", "seed=1"])
+    left_out = []
+    pairs = study_mod.build_pairs(paper, tmp_path, None, {}, select, left_out)
+    assert [p.key for p in pairs] == ["main_curves__cifar100"]
+    params = pairs[0].parameters  # what papermill injects: the notebook plans exactly these runs
+    assert params["methods"] == ["lucir"] and params["phases"] == [5, 10] and params["seeds"] == [0, 1]
+    assert params["joint_phases"] == []
+    assert len(pairs[0].plan) == 4 and {r.preset for r in pairs[0].plan} == {"lucir"}
+    assert {key for key, _ in left_out} >= {"exemplar_count__cifar100", "main_curves__imagenet"}
+    # a notebook whose every run lies inside the selection is kept whole; methods are switch sets
+    pairs = study_mod.build_pairs(paper, tmp_path, None, {}, study_mod.parse_selection(
+        ["notebook=adaptive_weight", "method=lucir"]), [])
+    assert pairs == []  # the fixed-lambda row is not the lucir preset
+    pairs = study_mod.build_pairs(paper, tmp_path, None, {}, study_mod.parse_selection(
+        ["method=lucir,icarl", "notebook=confusion_matrices,weight_norms"]), [])
+    assert [p.key for p in pairs] == ["confusion_matrices__cifar100", "weight_norms__cifar100"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--select", "colour=red"], "--select expects KEY=VALUE[,VALUE] with KEY one of dataset, notebook"),
+    (["--select", "method=lucid"], "--select method: unknown value 'lucid'"),
+    (["--select", "phases=five"], "--select phases: unknown value 'five' (expected whole numbers)"),
+    (["--select", "dataset=imagenet", "--select", "phases=1"], "the selection leaves nothing to run in profile 'paper'"),
+])
+def test_bad_selection_is_one_line(capsys, argv, message, tmp_path):
+    rc, _, err = _main(capsys, "--profile", "paper", "--dry-run", "--results", str(tmp_path), *argv)
+    assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def readme_main_command() -> str:
+    """The README's main command: the line of its first bash block that runs the study."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    return next(line for line in block.splitlines() if "lucir.study" in line)
+
+
+def test_readme_main_command_starts_on_a_fresh_machine(torchvision_cifar100, tmp_path):
+    """LUCIR_DATA unset, torchvision's CIFAR-100 in the default data folder (as the first run's
+    download leaves it): the README's main command plans its study with that data (dry run), and
+    the first of its runs loads its data from there."""
+    import os
+    import subprocess
+    import sys
+    from lucir import experiments
+    from lucir.data import load_dataset
+    command = readme_main_command()
+    assert "LUCIR_DATA" not in command and "shared/data" not in command
+    study = command.split("&&")[-1].split()
+    assert study[:3] == ["python3", "-m", "lucir.study"]
+    _, data_folder = torchvision_cifar100
+    xdg = tmp_path / "xdg"
+    (xdg / "lucir").mkdir(parents=True)
+    (xdg / "lucir" / "data").symlink_to(data_folder, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "LUCIR_DATA"} | {"XDG_CACHE_HOME": str(xdg)}
+    proc = subprocess.run([sys.executable, *study[1:], "--dry-run", "--results", str(tmp_path / "results")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"data: cifar100: torchvision format in {xdg / 'lucir' / 'data'}" in proc.stdout
+    assert len(RUN_ROW.findall(proc.stdout)) == 16
+    # the first run's config loads its data from the default folder with nothing else set up
+    profile = study[study.index("--profile") + 1]
+    _, _, content = study_mod.load_profile(profile)
+    first = study_mod.build_pairs(content, tmp_path, None, {})[0].plan[0].config()
+    saved = {k: os.environ.pop(k, None) for k in ("LUCIR_DATA", "XDG_CACHE_HOME")}
+    os.environ["XDG_CACHE_HOME"] = str(xdg)
+    try:
+        data = load_dataset(first)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert data.source.startswith("torchvision's cifar-100-python") and len(data.class_names) == first.num_classes
+    assert experiments.run_name(first) in proc.stdout
+
+
+def test_study_data_check_says_what_it_downloads_and_downloads_once(tmp_path, monkeypatch):
+    import torchvision.datasets
+    from conftest import write_torchvision_cifar100
+    from lucir.data import synthetic_data
+    monkeypatch.delenv("LUCIR_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    small = synthetic_data(100, 2, 1)
+    calls = []
+
+    def fake_cifar100(root, train=True, download=False, **kw):
+        calls.append(root)
+        write_torchvision_cifar100((*small[:4], [f"c{k}" for k in range(100)]), Path(root))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_cifar100)
+    _, _, quick = study_mod.load_profile("quick")
+    pairs = study_mod.build_pairs(quick, tmp_path, None, {})
+    data = study_mod.data_provenance(pairs)
+    default = tmp_path / "xdg" / "lucir" / "data"
+    assert [d["download"] for d in data] == [True]
+    assert study_mod.data_plan_lines(data) == [
+        f"cifar100: not in {default}; downloaded there through torchvision into cifar-100-python/ before the runs "
+        f"start (161 MiB from www.cs.toronto.edu, about 178 MiB once unpacked (the archive is then removed))"]
+    study_mod.preflight_data(data)
+    assert len(calls) == 1
+    data = study_mod.data_provenance(pairs)
+    assert data[0]["found"] and data[0]["format"] == "torchvision" and len(data[0]["files"]) == 3
+    study_mod.preflight_data(data)
+    assert len(calls) == 1
+    # with LUCIR_DATA set, missing data is an error, never a download
+    monkeypatch.setenv("LUCIR_DATA", str(tmp_path / "elsewhere"))
+    data = study_mod.data_provenance(pairs)
+    with pytest.raises(study_mod.StudyError, match="data not found under .*elsewhere.*LUCIR_DATA"):
+        study_mod.preflight_data(data)
 
 
 def test_progress_cost_counts_every_phase():
