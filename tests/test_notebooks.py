@@ -83,7 +83,17 @@ def test_parameters_cell_is_typed_commented_literals_that_papermill_reads(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert "Fig." in nb.cells[0].source.splitlines()[0] or path.stem == "report"
-    lines = [l for l in _parameters_cell(nb).source.splitlines() if l.strip()]
+    source = _parameters_cell(nb).source
+    assert max(len(l) for l in source.splitlines()) <= 100, f"{path.name}: wrap the parameters cell at 100 columns"
+    # as papermill reads it: a line with '=' starts a parameter, the lines after it (no '=', no
+    # comment) continue its value, and the help comment ends its last line
+    lines = []
+    for line in source.splitlines():
+        if "=" in line or not lines:
+            lines.append(line)
+        elif line.strip():
+            assert "#" not in lines[-1], f"{path.name}: a comment inside the value of {lines[-1].split(':')[0]}"
+            lines[-1] += " " + line.strip()
     names = []
     for line in lines:
         m = PARAM_LINE.match(line)
