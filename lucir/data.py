@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .config import Config, ConfigError
 
-CIFAR_MEAN = (0.5071, 0.4866, 0.4409)  # SPEC.md (official code)
+CIFAR_MEAN = (0.5071, 0.4866, 0.4409)  # the official code's (docs/protocol.md, settings)
 CIFAR_STD = (0.2009, 0.1984, 0.2023)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -259,15 +259,37 @@ def table_path(results_dir, experiment: str, setting: str) -> Path:
 def write_table(table: pd.DataFrame, results_dir, experiment: str, setting: str, parameters: dict,
                 started: float | None = None) -> pd.DataFrame:
     """Write the tidy table and its sidecar (parameters, provenance, wall time); return the table.
-    On disk, run_dir is relative to results_dir, so a results folder can be moved or copied."""
+    On disk, run_dir is relative to results_dir, so a results folder can be moved or copied.
+    A table already on disk with the same rows, written with the same parameters (runtime fields
+    aside), is left as it is, sidecar included: running a notebook again over finished runs
+    writes nothing, and the sidecar keeps the provenance of the run that made the table."""
     path = table_path(results_dir, experiment, setting)
     root = resolve_results_dir(results_dir)
-    on_disk = table.assign(run_dir=[os.path.relpath(p, root) for p in table.run_dir])
-    res.atomic_write(path, lambda p: on_disk.to_csv(p, index=False))
+    text = table.assign(run_dir=[os.path.relpath(p, root) for p in table.run_dir]).to_csv(index=False)
+    if _table_unchanged(path, text, parameters):
+        return table
+    res.atomic_write(path, lambda p: Path(p).write_text(text))
     meta = {"experiment": experiment, "setting": setting, "parameters": parameters, **provenance.collect(),
             "notebook_seconds": None if started is None else time.time() - started}
     res.write_json(path.with_suffix(".json"), meta)
     return table
+
+
+def result_parameters(parameters: dict) -> dict:
+    """A notebook's parameters as JSON holds them, without the runtime fields of its config
+    overrides (they do not change what the runs compute)."""
+    p = json.loads(json.dumps(parameters, default=str))
+    overrides = p.get("config_overrides") or {}
+    return p | {"config_overrides": {k: v for k, v in overrides.items() if k not in res.RUNTIME_FIELDS}}
+
+
+def _table_unchanged(path: Path, text: str, parameters: dict) -> bool:
+    try:
+        same_rows = path.read_text() == text
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return same_rows and result_parameters(meta.get("parameters") or {}) == result_parameters(parameters)
 
 
 def read_tables(results_dir, experiment: str, settings: list[str] | None = None) -> pd.DataFrame:

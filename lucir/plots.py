@@ -10,7 +10,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from .experiments import CONFUSION_PANELS, MAIN_CURVES, average_accuracy, confusion_file, last_phase
+from .experiments import (CONFUSION_PANELS, MAIN_CURVES, average_accuracy, confusion_file, last_phase,
+                          old_new_confusion)
 
 DATASET_NAMES = {"cifar100": "CIFAR-100", "imagenet_subset": "ImageNet-Subset", "imagenet": "ImageNet-Full",
                  "tiny_imagenet": "Tiny-ImageNet", "synthetic": "synthetic"}
@@ -31,8 +32,15 @@ def _title(dataset: str, phases: int) -> str:
 
 
 def _panels(n: int, width: float = 4.3, height: float = 3.6):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
-    return fig, list(axes[0])
+    """n panels side by side, or two by two from three panels on, so that a figure reads at
+    notebook and report width (about 960 px) without being shrunk; unused panels are hidden."""
+    ncols = n if n <= 2 else 2
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, sharey=True)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def _curves(ax, data: pd.DataFrame, hue: str, order: list, style: str | None = None) -> None:
@@ -109,7 +117,7 @@ def adaptive_weight(table: pd.DataFrame) -> plt.Figure:
     """Fig. 8: adaptive lambda against fixed lambda_base; CNN solid, NME dashed."""
     data = table[table.metric == "acc"]
     keys = sorted(data.groupby(["dataset", "phases"]).groups)
-    fig, axes = _panels(len(keys), width=5.0, height=3.8)
+    fig, axes = _panels(len(keys), width=4.6, height=3.8)
     for ax, (dataset, phases) in zip(axes, keys):
         d = data[(data.dataset == dataset) & (data.phases == phases)]
         _curves(ax, d, "variant", ["adaptive lambda", "fixed lambda_base"], style="classifier")
@@ -118,22 +126,47 @@ def adaptive_weight(table: pd.DataFrame) -> plt.Figure:
 
 
 def confusion_matrices(table: pd.DataFrame) -> plt.Figure:
-    """Fig. 9: confusion matrices after the last phase, entries shown as log(1 + x), each titled
-    with its overall accuracy; the lines mark the boundary between old and new classes."""
+    """Fig. 9: confusion matrices after the last phase, two by two in the paper's order, entries
+    as log(1 + count) on one colour scale for all panels (the bar is labelled in counts). Rows are
+    true classes, columns predicted ones, old classes first; dashed white lines mark the old/new
+    boundary. Each title gives the overall accuracy and the share of old-class test images
+    predicted as some new class (the bias Fig. 9 shows)."""
     last = last_phase(table[table.metric == "acc"])
     panels = [c for c in CONFUSION_PANELS if c in set(last.curve)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.9), squeeze=False)
-    for ax, curve in zip(axes[0], panels):
-        row = last[last.curve == curve].iloc[0]
-        matrix = np.load(confusion_file(row.run_dir, int(row.phase), row.classifier))
-        sns.heatmap(np.log1p(matrix), ax=ax, cmap="jet", square=True, cbar=False, xticklabels=False,
-                    yticklabels=False, rasterized=True)
-        n_old = last_old_classes(table, row.run_dir)
-        for line in (ax.axhline, ax.axvline):
-            line(n_old, color="white", lw=0.8, ls=":")
-        ax.set_title(f"{curve} ({row.value:.2f}%)")
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
+    rows = [last[last.curve == c].iloc[0] for c in panels]
+    counts = [np.load(confusion_file(r.run_dir, int(r.phase), r.classifier)) for r in rows]
+    top = float(np.log1p(max([int(c.max()) for c in counts] + [1])))
+    ncols = min(2, len(panels)) or 1
+    nrows = max(1, -(-len(panels) // 2))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 1.0, 4.2 * nrows), squeeze=False)
+    image = None
+    for ax, row, count in zip(axes.flat, rows, counts):
+        n, n_old = len(count), last_old_classes(table, row.run_dir)
+        image = ax.imshow(np.log1p(count), cmap="jet", vmin=0, vmax=top, interpolation="nearest")
+        ax.grid(False)
+        if 0 < n_old < n:
+            for line in (ax.axhline, ax.axvline):
+                line(n_old - 0.5, color="white", lw=1.3, ls="--")
+            centres, names = [(n_old - 1) / 2, (n_old + n - 1) / 2], [f"old ({n_old})", f"new ({n - n_old})"]
+        else:
+            centres, names = [(n - 1) / 2], [f"all ({n})"]
+        ax.set_xticks(centres, names)
+        ax.set_yticks(centres, names, rotation=90, va="center")
+        ax.tick_params(length=0, labelsize=10)
+        ax.set_xlabel("predicted class", fontsize=10)
+        ax.set_ylabel("true class", fontsize=10)
+        letter = "abcd"[CONFUSION_PANELS.index(row.curve)]
+        title = f"({letter}) {row.curve}: {row.value:.2f}%"
+        if 0 < n_old < n:
+            title += f"\nold predicted as new: {old_new_confusion(count, n_old)['old_as_new']:.1f}%"
+        ax.set_title(title, fontsize=11)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if image is not None:
+        ticks = [c for c in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if np.log1p(c) <= top + 1e-9]
+        bar = fig.colorbar(image, ax=axes, shrink=0.6, aspect=30, pad=0.03, ticks=np.log1p(ticks))
+        bar.ax.set_yticklabels([str(c) for c in ticks])
+        bar.set_label("test images (log scale: log(1 + x))", fontsize=10)
     return fig
 
 
@@ -147,7 +180,7 @@ def weight_norms(table: pd.DataFrame) -> plt.Figure:
     """Fig. 3: norms of the class embeddings (and biases of iCaRL's linear head), old vs new."""
     keys = [(m, k) for m in ("iCaRL", "LUCIR") for k in ("weight_norm", "bias")
             if ((table.method == m) & (table.metric == k)).any()]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     for ax, (method, metric) in zip(axes[0], keys):
         d = table[(table.method == method) & (table.metric == metric)]
         sns.scatterplot(data=d, x="class_index", y="value", hue="group", hue_order=["old", "new"], palette=PALETTE,

@@ -1,8 +1,8 @@
 """Published numbers and the paper's claims, to put beside ours (never used as measurements).
 
-Transcribed from the project's reference page (SPEC.md, "Published numbers to put beside
-ours"), which copies them from the paper (Fig. 9), from PODNet's Table 1 (the paper's numbers)
-and from PODNet's re-run over 3 class orders. Accuracies are in percent.
+docs/protocol.md ("Published numbers the report compares against") gives the source of each:
+the paper's Fig. 9 captions, PODNet's Table 1 (the LUCIR and iCaRL papers' own numbers) and
+PODNet's re-run over 3 class orders. Accuracies are in percent.
 """
 from __future__ import annotations
 

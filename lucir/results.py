@@ -92,18 +92,24 @@ def _jsonable(v):
 
 
 def prepare_out_dir(out_dir: Path, config: Config) -> None:
-    """Write config.json, or check that the one there describes the same run."""
+    """Write config.json, or check that the one there describes the same run. Runtime fields
+    (RUNTIME_FIELDS) may differ. A complete run's config.json is never rewritten: loading a run
+    leaves it as it was trained; an unfinished run records the runtime fields of whoever goes on
+    with it."""
     path = Path(out_dir) / "config.json"
+    current = config.to_dict()
     if path.exists():
-        current = config.to_dict()
         # a field added after the run was written has its default there
-        stored = {**Config().to_dict(), **json.loads(path.read_text())}
+        written = json.loads(path.read_text())
+        stored = {**Config().to_dict(), **written}
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
         if diff:
             raise ConfigError(f"'{out_dir}' holds a run with a different config (fields differ: "
                               f"{', '.join(diff)}); use another --out")
-    write_json(path, config.to_dict())
+        if is_complete(out_dir) or json.loads(json.dumps(current, default=_jsonable)) == written:
+            return
+    write_json(path, current)
 
 
 def load_config(out_dir) -> Config:

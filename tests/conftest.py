@@ -74,6 +74,14 @@ def comparable(metrics: dict) -> dict:
     return out
 
 
+def file_hashes(folder: Path) -> dict:
+    """{relative path: sha256} of every file under `folder`, to show that nothing was written."""
+    import hashlib
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def need(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"offline data not found at {path} (set LUCIR_DATA)")

@@ -39,6 +39,24 @@ def test_the_notebooks_are_the_experiments_and_the_report():
     assert set(EXPERIMENTS) == set(experiments.EXPERIMENTS) == set(experiments.PLANS)
 
 
+@pytest.fixture(scope="session")
+def kernel_metadata() -> dict:
+    """The notebook metadata JupyterLab writes when it opens a notebook in the kernel that
+    scripts/setup.sh registers (python3): kernelspec from its kernel.json, language_info from the
+    kernel's own kernel_info reply."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import start_new_kernel
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        language_info = kc.kernel_info(reply=True, timeout=60)["content"]["language_info"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return {"kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": "python3"},
+            "language_info": language_info}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
@@ -46,7 +64,18 @@ def test_notebook_is_committed_without_outputs(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name} holds outputs"
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_clean_in_jupyterlab(path, kernel_metadata):
+    """JupyterLab rewrites a notebook's kernelspec and language_info when the kernel starts, and
+    marks it modified (then autosaves it) if they differ: the committed ones are the kernel's."""
+    metadata = nbformat.read(path, as_version=4).metadata
+    for key, expected in kernel_metadata.items():
+        assert metadata.get(key) == expected, (
+            f"{path.name}: {key} {metadata.get(key)} differs from that of the python3 kernel registered by "
+            f"scripts/setup.sh, {expected}; JupyterLab would mark the notebook modified on opening")
+    assert set(metadata) == set(kernel_metadata), f"{path.name}: other metadata {sorted(metadata)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -54,7 +83,17 @@ def test_parameters_cell_is_typed_commented_literals_that_papermill_reads(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert "Fig." in nb.cells[0].source.splitlines()[0] or path.stem == "report"
-    lines = [l for l in _parameters_cell(nb).source.splitlines() if l.strip()]
+    source = _parameters_cell(nb).source
+    assert max(len(l) for l in source.splitlines()) <= 100, f"{path.name}: wrap the parameters cell at 100 columns"
+    # as papermill reads it: a line with '=' starts a parameter, the lines after it (no '=', no
+    # comment) continue its value, and the help comment ends its last line
+    lines = []
+    for line in source.splitlines():
+        if "=" in line or not lines:
+            lines.append(line)
+        elif line.strip():
+            assert "#" not in lines[-1], f"{path.name}: a comment inside the value of {lines[-1].split(':')[0]}"
+            lines[-1] += " " + line.strip()
     names = []
     for line in lines:
         m = PARAM_LINE.match(line)

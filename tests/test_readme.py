@@ -49,3 +49,23 @@ def test_readme_headline_tables_are_those_of_the_committed_reports():
         assert table == (path.parent / "headline.md").read_text().strip()
         assert table in README, f"README lacks the headline table of {path.parent.name}"
         assert f"reports/{path.parent.name}/main_curves.png" in README
+
+
+def test_the_protocol_is_in_the_repository_and_nothing_cites_a_file_outside_it():
+    """docs/protocol.md holds the equations, settings and published numbers; no tracked file
+    (but the committed study outputs under reports/, rewritten by the next run) cites SPEC.md,
+    a page the reader does not have."""
+    import subprocess
+    protocol = (ROOT / "docs" / "protocol.md").read_text()
+    for needle in ("Eq. 7", "Eq. 8", "Where the paper and the code disagree", "63.42", "64.01 ± 0.91", "62.34",
+                   "lamda_base * sqrt(num_old_classes/num_new_classes)"):
+        assert needle in protocol, needle
+    from lucir import published
+    for _, _, _, value, std in published.AVERAGE_INCREMENTAL_ACCURACY:
+        assert f"{value:.2f}" in protocol, f"published number {value} without its source in docs/protocol.md"
+    for value in published.FINAL_ACCURACY_ONE_PHASE.values():
+        assert f"{value:.2f}" in protocol
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    citing = [p for p in tracked if not p.startswith("reports/") and p != "tests/test_readme.py"
+              and "SPEC.md" in (ROOT / p).read_text(errors="ignore")]
+    assert not citing, f"files citing SPEC.md: {citing}"

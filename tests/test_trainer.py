@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import lucir
-from lucir import losses, trainer
+from lucir import losses, results, trainer
 from lucir.data import load_dataset
 from lucir.models import Output, build_model
 
-from conftest import TINY, comparable, tiny_config
+from conftest import TINY, comparable, file_hashes, tiny_config
 
 
 def _state(out_dir, phase):
@@ -202,11 +202,25 @@ def test_completed_run_is_not_retrained(reference_run, monkeypatch):
     config, out, metrics = reference_run
     for name in ("load_dataset", "train_base", "train_incremental", "update_memory", "evaluate"):
         monkeypatch.setattr(trainer, name, lambda *a, **k: pytest.fail("a finished run was retrained"))
+    before = file_hashes(out)
     again = lucir.run_incremental(config, out)
     assert comparable(again) == comparable(metrics)
-    # runtime fields (device, cache, progress) may differ; the run is the same
-    again = lucir.run_incremental(tiny_config("lucir", out / "elsewhere", progress=True), out)
+    # runtime fields (device, cache, progress, workers) may differ; the run is the same, and
+    # loading it writes nothing: config.json stays as the run was trained
+    runtime = tiny_config("lucir", out.parent / "elsewhere", progress=True, workers=1, checkpoint_every=2)
+    again = lucir.run_incremental(runtime, out)
     assert comparable(again) == comparable(metrics)
+    assert file_hashes(out) == before
+    assert json.loads((out / "config.json").read_text()) == config.to_dict()
+
+
+def test_unfinished_run_records_the_runtime_fields_it_goes_on_with(reference_run, tmp_path):
+    config, _, _ = reference_run
+    out = tmp_path / "run"
+    results.prepare_out_dir(out, config)
+    assert json.loads((out / "config.json").read_text())["progress"] is False
+    results.prepare_out_dir(out, tiny_config("lucir", config.cache_dir, progress=True))
+    assert json.loads((out / "config.json").read_text())["progress"] is True
 
 
 def test_all_phases_checkpointed_but_not_marked_complete(reference_run, tmp_path, monkeypatch):
