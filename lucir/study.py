@@ -489,9 +489,18 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
 
 
 def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu: int, address: str | None,
-                  cpus_per_run: int):
+                  cpus_per_run: int, results_dir: Path | None = None, slurm: dict | None = None):
     if kind == "ray":
         return scheduler.RayExecutor(address, device, runs_per_gpu, cpus_per_run)
+    if kind == "slurm":
+        from dataclasses import fields
+
+        from .slurm import SlurmExecutor, SlurmOptions
+        known = [f.name for f in fields(SlurmOptions)]
+        unknown = sorted(set(slurm or {}) - set(known))
+        if unknown:
+            raise StudyError(f"profile's slurm: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return SlurmExecutor(results_dir, SlurmOptions(**{"cpus": cpus_per_run, **(slurm or {})}), max_jobs=jobs)
     return scheduler.LocalExecutor(scheduler.local_slots(device, jobs, runs_per_gpu))
 
 
@@ -499,10 +508,11 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
               jobs: int | None = None, device: str | None = None, cache_dir: str | None = None, progress: bool = True,
               executor: str = "local", runs_per_gpu: int = 1, address: str | None = None,
               cpus_per_run: int = 1, select: dict | None = None, dry_run: bool = False,
-              rate: float | None = None) -> int:
+              rate: float | None = None, slurm: dict | None = None) -> int:
     """The whole study; returns the exit status (0, or 1 when a run or a notebook failed).
-    `jobs` None is 'auto' (see scheduler.local_slots). `select` (parse_selection) cuts the profile
-    down; `dry_run` prints the plan (print_plan) and trains nothing."""
+    `jobs` None is 'auto' (see scheduler.local_slots; with Slurm, no limit on the jobs at once).
+    `select` (parse_selection) cuts the profile down; `dry_run` prints the plan (print_plan) and
+    trains nothing. `slurm`: SlurmOptions fields, over the profile's `slurm:` mapping."""
     name, path, content = load_profile(profile)
     results_dir = Path(results or Path("results") / name).resolve()
     reports_dir = Path(reports or Path("reports") / name).resolve()
@@ -556,7 +566,9 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     write_study()
     print(f"study '{name}': {len(pairs)} notebook runs, {len(pairs) - len(todo)} complete earlier, "
           f"{len(todo)} to run; results in {results_dir}", file=sys.stderr)
-    runner = make_executor(executor, device, jobs, runs_per_gpu, address, cpus_per_run) if tasks else None
+    slurm = {**(content.get("slurm") or {}), **(slurm or {})}
+    runner = make_executor(executor, device, jobs, runs_per_gpu, address, cpus_per_run, results_dir,
+                           slurm) if tasks else None
     bases = len({t.base for t in tasks if t.base})
     print(f"{len(tasks)} runs to train ({len(earlier)} complete earlier; {bases} distinct cached base phases)"
           + (f"; {runner.describe()}" if runner else ""), file=sys.stderr)
@@ -644,9 +656,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, metavar="IMAGES_PER_S",
                    help="--dry-run: the training rate (image-steps/s of one run alone on the device) instead of "
                         "the assumed one")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
                    help="local: worker processes on this machine (default); ray: Ray tasks, on a local Ray "
-                        "cluster or the one at --address (needs pip install -e \".[ray]\")")
+                        "cluster or the one at --address (needs pip install -e \".[ray]\"); slurm: one Slurm job "
+                        "per run through submitit, requeued and resumed past its time limit (needs "
+                        "pip install -e \".[slurm]\"; a second invocation follows the jobs still running)")
     p.add_argument("--jobs", default="auto", metavar="N|auto",
                    help="local executor: runs trained at once (default auto: on a CPU two runs sharing every core, "
                         "on GPUs --runs-per-gpu runs per GPU); on a CPU each run keeps every core's thread "
@@ -656,7 +670,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="ray executor: the cluster to join (e.g. ray://head:10001 or auto); "
                                      "default: start a local Ray cluster")
     p.add_argument("--cpus-per-run", type=int, default=1, metavar="N",
-                   help="ray executor: CPUs each run asks for, and its torch threads (default 1)")
+                   help="ray and slurm executors: CPUs each run asks for, and its torch threads (default 1)")
+    p.add_argument("--partition", help="slurm executor: the partition (default: the cluster's default)")
+    p.add_argument("--time-limit", type=int, metavar="MIN",
+                   help="slurm executor: each job's time limit in minutes (default 1440); a run that needs "
+                        "longer is requeued and resumes from its last epoch checkpoint")
+    p.add_argument("--gpus-per-run", type=int, metavar="N", help="slurm executor: GPUs per run (default 0)")
+    p.add_argument("--mem-gb", type=float, metavar="GB", help="slurm executor: memory per run (default: the partition's)")
+    p.add_argument("--signal-delay", type=int, metavar="S",
+                   help="slurm executor: seconds before the time limit at which a job is told to requeue "
+                        "(default 120)")
     p.add_argument("--results", help="runs/, tables/ and study/ go here (default results/<profile>)")
     p.add_argument("--reports", help="report.html, its CSV tables and figures, and the executed notebooks go here "
                                      "(default reports/<profile>)")
@@ -683,6 +706,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.address and args.executor != "ray":
         print("error: --address is for --executor ray", file=sys.stderr)
         return 2
+    slurm = {k: v for k, v in (("partition", args.partition), ("time_min", args.time_limit),
+                               ("gpus", args.gpus_per_run), ("mem_gb", args.mem_gb),
+                               ("signal_delay_s", args.signal_delay)) if v is not None}
+    if slurm and args.executor != "slurm":
+        print("error: --partition, --time-limit, --gpus-per-run, --mem-gb and --signal-delay are for "
+              "--executor slurm", file=sys.stderr)
+        return 2
+    if args.executor == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            print('error: --executor slurm needs submitit, which is not installed: pip install -e ".[slurm]"',
+                  file=sys.stderr)
+            return 2
     if args.executor == "ray":
         try:
             import ray  # noqa: F401
@@ -697,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_study(args.profile, args.results, args.reports, only, jobs, args.device, args.cache_dir,
                          progress=not args.no_progress, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
                          address=args.address, cpus_per_run=args.cpus_per_run, select=parse_selection(args.select),
-                         dry_run=args.dry_run, rate=args.rate)
+                         dry_run=args.dry_run, rate=args.rate, slurm=slurm)
     except (StudyError, scheduler.ExecutorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

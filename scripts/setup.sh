@@ -10,6 +10,6 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
     *)             "$PY" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" ;;
   esac
 fi
-"$PY" -m pip install --quiet -e ".[test,ray]"  # ray: the study's --executor ray (tested too)
+"$PY" -m pip install --quiet -e ".[test,ray,slurm]"  # ray, slurm: the study's --executor ray|slurm (tested too)
 # papermill runs notebooks in the kernel named python3: make sure it is this Python.
 "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -1,0 +1,176 @@
+"""The study's Slurm executor: each run a Slurm job, submitted through submitit.
+
+Slurm clusters share a filesystem, so a job trains straight into results_dir/runs/<name>/ (the
+worker body is the local executor's `execute_run`, so the numbers are those of a run by hand with
+the same threads). A job that reaches its time limit or is preempted gets submitit's signal a
+little before (`signal_delay_s`), is requeued, and resumes from its last epoch checkpoint.
+
+Job state comes from `scontrol show job` (a cluster without accounting has no `sacct`, and
+submitit's own state check relies on it) and from the result file submitit writes. The job ids
+of a study are kept in results_dir/study/slurm_jobs.json, so that a second invocation with the
+same results folder follows the jobs still queued or running instead of submitting them again.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import results as res
+from .scheduler import ExecutorError, RunTask, Slot, execute_run
+
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+          "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
+
+
+@dataclass
+class SlurmOptions:
+    """What each run's job asks for (flags of `python -m lucir.study`, or the profile's `slurm:`)."""
+    partition: str | None = None
+    time_min: int = 24 * 60       # the job's time limit; a run longer than that is requeued and resumes
+    gpus: int = 0                 # GPUs per run
+    cpus: int = 4                 # CPUs per run, and its torch threads
+    mem_gb: float | None = None   # memory per run; None: the partition's default
+    signal_delay_s: int = 120     # the time-limit signal comes this long before the limit
+    max_requeues: int = 20        # time limits and preemptions a run may meet before it fails
+
+
+class SlurmRun:
+    """The job body: one run, by execute_run. On submitit's time-limit or preemption signal it
+    asks to be submitted again with the same arguments (requeued); it then resumes."""
+
+    def __call__(self, task: RunTask, slot: Slot) -> dict:
+        return execute_run(task, slot)
+
+    def checkpoint(self, task: RunTask, slot: Slot):
+        import submitit
+        return submitit.helpers.DelayedSubmission(self, task, slot)
+
+
+def job_state(job_id: str) -> str | None:
+    """The job's state from scontrol (PENDING, RUNNING, COMPLETED, ...), None when Slurm no longer
+    knows the job (it forgets finished jobs after MinJobAge)."""
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    for field in proc.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return None
+
+
+def job_name(job_id: str) -> str | None:
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    for field in proc.stdout.split():
+        if field.startswith("JobName="):
+            return field.split("=", 1)[1]
+    return None
+
+
+class SlurmExecutor:
+    """One Slurm job per run, at most `max_jobs` queued or running at once (default: no limit
+    but the cluster's)."""
+    name = "slurm"
+    reports_epochs = True  # a shared filesystem: the jobs' progress.json is in the results folder
+
+    def __init__(self, results_dir: Path, options: SlurmOptions, max_jobs: int | None = None):
+        try:
+            import submitit
+        except ImportError:
+            raise ExecutorError('--executor slurm needs submitit: pip install -e ".[slurm]"') from None
+        if subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+            raise ExecutorError("--executor slurm: no Slurm cluster answers here (sinfo failed; is SLURM_CONF set?)")
+        self.options, self.max_jobs = options, max_jobs
+        self.record = Path(results_dir) / "study" / "slurm_jobs.json"
+        self.folder = Path(results_dir) / "study" / "slurm"
+        self.executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=options.max_requeues)
+        params = dict(time=options.time_min, cpus_per_task=options.cpus, signal_delay_s=options.signal_delay_s,
+                      ntasks_per_node=1, nodes=1)
+        if options.partition:
+            params["partition"] = options.partition
+        if options.gpus:
+            params["gpus_per_node"] = options.gpus
+        if options.mem_gb:
+            params["mem"] = f"{int(options.mem_gb * 1024)}M"
+        self.executor.update_parameters(**params)
+        self.slot = Slot(0, "cuda" if options.gpus else "cpu", options.cpus)
+        self.running: dict = {}  # job id -> (task, submitit job)
+        self.completed_at: dict = {}  # job id -> when scontrol first said COMPLETED without a result file
+
+    @property
+    def capacity(self) -> int:
+        return self.max_jobs or 10 ** 6
+
+    def describe(self) -> str:
+        where = f"partition {self.options.partition}" if self.options.partition else "the default partition"
+        gpus = f", {self.options.gpus} GPU(s)" if self.options.gpus else ""
+        return (f"executor slurm: one job per run on {where}, each {self.options.cpus} CPU(s){gpus}, "
+                f"time limit {self.options.time_min} min (requeued and resumed past it); jobs in {self.folder}")
+
+    def free(self) -> int:
+        return self.capacity - len(self.running)
+
+    def _jobs_on_record(self) -> dict:
+        try:
+            return json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def submit(self, task: RunTask) -> None:
+        import submitit
+        earlier = self._jobs_on_record().get(task.name)
+        if earlier and job_state(earlier) in ACTIVE and job_name(earlier) == task.name:
+            # an earlier invocation's job for this run is still queued or running: follow it
+            self.running[earlier] = (task, submitit.SlurmJob(self.folder / earlier, earlier))
+            return
+        self.executor.update_parameters(job_name=task.name)
+        job = self.executor.submit(SlurmRun(), task, self.slot)
+        self.running[str(job.job_id)] = (task, job)
+        with res.locked(self.record.with_name(self.record.name + ".lock")):
+            jobs = self._jobs_on_record() | {task.name: str(job.job_id)}
+            res.write_json(self.record, jobs)
+
+    def busy(self) -> list[tuple[str, RunTask]]:
+        out = []
+        for job_id, (task, _) in self.running.items():
+            state = (job_state(job_id) or "?").lower()
+            out.append((f"slurm job {job_id} ({state})", task))
+        return out
+
+    def wait(self, timeout: float) -> list[tuple[RunTask, dict]]:
+        deadline = time.time() + timeout
+        while True:
+            out = []
+            for job_id, (task, job) in list(self.running.items()):
+                result = self._result(job_id, task, job)
+                if result is not None:
+                    del self.running[job_id]
+                    out.append((task, result))
+            if out or time.time() >= deadline or not self.running:
+                if not out and not self.running:
+                    time.sleep(max(0.0, deadline - time.time()))
+                return out
+            time.sleep(min(1.0, max(0.0, deadline - time.time())))
+
+    def _result(self, job_id: str, task: RunTask, job) -> dict | None:
+        """The run's result when its job has ended, else None."""
+        if job.paths.result_pickle.exists():
+            try:
+                result = job.result()
+            except Exception as e:  # noqa: BLE001  (the job body raised: not expected of execute_run)
+                result = {"name": task.name, "status": "failed",
+                          "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+            return result | {"job": job_id}
+        state = job_state(job_id)
+        if state in ACTIVE:
+            return None
+        if state == "COMPLETED" and time.time() - self.completed_at.setdefault(job_id, time.time()) < 30:
+            return None  # ended well: its result file may not be visible here yet (a shared filesystem)
+        return {"name": task.name, "status": "failed", "job": job_id,
+                "error": f"slurm job {job_id} ended in state {state or 'unknown to scontrol'} "
+                         f"(see {job.paths.stderr})"}
+
+    def close(self) -> None:
+        """Jobs keep running when the study stops: a second invocation follows them."""
