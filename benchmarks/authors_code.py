@@ -23,8 +23,12 @@ The harness
      06 torch-load-whole-model    torch.load(..., weights_only=False) for the whole pickled models
                                   that --resume loads (PyTorch 2.6 changed the default)
      07 loader-in-process         DataLoader num_workers 2 -> 0: one process per run, on its core
-   The device needs no change (the script falls back to the CPU when CUDA is absent), nor do its
-   outputs (written under the working directory, one per run here).
+     08 margin-ranking-target-shape  the margin ranking loss's target of ones is (N, 1) like its inputs:
+                                  today's PyTorch refuses (N,) against (N, 1), which PyTorch 0.4 broadcast
+                                  to an (N, N) matrix of identical columns (same mean, same gradients)
+   The device needs no change: the harness hides CUDA from both sides (CUDA_VISIBLE_DEVICES=''), and
+   the script falls back to the CPU by itself. Nor do its outputs: they are written under the working
+   directory, one per run here.
 2. writes torchvision's cifar-100-python layout (train, test, meta pickles) from the array format
    of $LUCIR_DATA/cifar100 into WORK/data, once;
 3. runs, two processes at a time (one pinned to each core, one torch thread each), the pairs
@@ -323,7 +327,9 @@ class Run:
 
 def make_runs(setting: Setting, runs: int, work: Path, code: Path, data: Path) -> list[tuple[Run, Run]]:
     base_env = {k: v for k, v in os.environ.items()}
-    base_env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # CPU on any machine: the script picks cuda:0 whenever CUDA is visible (and its NME path would then
+    # hand CUDA tensors to scipy), ours picks it with device=auto; both fall back to the CPU unpatched.
+    base_env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     pairs = []
     for i in range(1, runs + 1):
         ours_dir, auth_dir = work / f"ours_seed{i - 1}", work / f"authors_run{i}"
@@ -637,7 +643,7 @@ def _time_authors(code: Path, data: Path, batches: int) -> dict:
 def time_steps(code: Path, data: Path, batches: int, setting: Setting, out: Path) -> dict:
     """Each side's rates, measured one after the other in a child process with one torch thread, and
     the projected wall time of one run of `setting` from them (training and forward passes only)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     rates = {}
     for side in ("ours", "authors"):

@@ -28,7 +28,7 @@ UTILS = "cifar100-class-incremental/utils_pytorch.py"
 
 def test_patches_have_reasons_touch_only_the_lucir_script_and_are_documented():
     ps = ac.patches()
-    assert [p.name[:2] for p in ps] == ["01", "02", "03", "04", "05", "06", "07"]
+    assert [p.name[:2] for p in ps] == ["01", "02", "03", "04", "05", "06", "07", "08"]
     doc = (REPO / "docs" / "authors_code.md").read_text()
     for p in ps:
         assert p.reason.startswith("Needed "), p.name  # each says what it is needed for
@@ -100,6 +100,24 @@ def test_the_scheduler_patch_restores_pytorch_04s_schedule():
     assert lrs(step_first=False) == pytorch_04 == [0.1] * 4 + [0.01] * 2 + [0.001] * 2
     with pytest.warns(UserWarning):
         assert lrs(step_first=True) == [0.1] * 3 + [0.01] * 2 + [0.001] * 3
+
+
+def test_the_margin_ranking_patch_changes_no_value_or_gradient():
+    """PyTorch 0.4 computed (-target * (x1 - x2) + m).clamp(0).mean() with x1, x2 of shape (N, 1) and
+    target (N,) by broadcasting to (N, N); patch 08 passes target (N, 1) to today's loss."""
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.rand(12, 1, generator=g, requires_grad=True)
+    x2 = torch.rand(12, 1, generator=g, requires_grad=True)
+    old = (-torch.ones(12) * (x1 - x2) + 0.5).clamp_min(0)
+    assert old.shape == (12, 12)
+    old = old.mean()
+    old_grads = torch.autograd.grad(old, (x1, x2))
+    new = torch.nn.MarginRankingLoss(margin=0.5)(x1, x2, torch.ones(12, 1))
+    new_grads = torch.autograd.grad(new, (x1, x2))
+    assert torch.allclose(old, new, atol=1e-7) and old.item() > 0
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(old_grads, new_grads))
+    with pytest.raises(RuntimeError, match="same dimension"):
+        torch.nn.MarginRankingLoss(margin=0.5)(x1, x2, torch.ones(12))  # the unpatched call
 
 
 def _acc_block(cnn, icarl, ncm):
