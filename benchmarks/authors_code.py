@@ -361,12 +361,19 @@ def _start(run: Run, core: int | None) -> tuple[subprocess.Popen, float, object]
     return proc, time.time(), log
 
 
+def _finished(run: Run) -> bool:
+    try:
+        return run.rows() is not None
+    except RuntimeError:  # outputs there but inconsistent: run it again (the authors' --resume reloads phases)
+        return False
+
+
 def run_pairs(pairs, pin: bool, only: str | None) -> list[str]:
     """Run each pair's two processes at once; skip finished runs. Returns the failures."""
     failures = []
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     for pair in pairs:
-        todo = [r for r in pair if (only is None or r.impl == only) and r.rows() is None]
+        todo = [r for r in pair if (only is None or r.impl == only) and not _finished(r)]
         for r in pair:
             if r not in todo and (only is None or r.impl == only):
                 print(f"{r.label}: done, not run again ({r.folder})", flush=True)
@@ -375,15 +382,26 @@ def run_pairs(pairs, pin: bool, only: str | None) -> list[str]:
             core = cores[k % len(cores)] if pin and len(cores) >= 2 else None
             print(f"{r.label}: starting{f' on core {core}' if core is not None else ''} -> {r.folder}", flush=True)
             started.append((r, *_start(r, core)))
-        for r, proc, t0, log in started:
-            rc = proc.wait()
+        pending = list(started)
+        while pending:  # each run's wall time ends when its own process does
+            done = [item for item in pending if item[1].poll() is not None]
+            if not done:
+                time.sleep(1.0)
+                continue
+            r, proc, t0, log = done[0]
+            pending.remove(done[0])
+            rc = proc.returncode
             log.close()
             rec = r.record()
             rec["attempts"].append({"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
                                     "seconds": round(time.time() - t0, 1), "returncode": rc,
                                     "paired_with": [o.label for o in pair if o is not r and o in todo]})
             (r.folder / "harness.json").write_text(json.dumps(rec, indent=1))
-            ok = rc == 0 and r.rows() is not None
+            try:
+                ok = rc == 0 and r.rows() is not None
+            except RuntimeError as e:  # its log disagrees with its saved accuracies, or phases are missing
+                print(f"{r.label}: {e}", flush=True)
+                ok = False
             print(f"{r.label}: {'finished' if ok else f'FAILED (exit {rc})'} in {rec['attempts'][-1]['seconds']:.0f} s",
                   flush=True)
             if not ok:
@@ -544,6 +562,17 @@ def _workload(setting: Setting) -> dict:
     return {"base_steps": base_steps, "inc_steps": inc_steps, "ours_forward": ours_fwd, "authors_forward": authors_fwd}
 
 
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _rates(images: int, tic) -> dict:
+    """Images/s over the wall time and over the CPU time of this one-thread process since `tic`: on a
+    busy machine the second is the rate the process would have on a core of its own."""
+    wall, cpu = time.perf_counter() - tic[0], time.process_time() - tic[1]
+    return {"wall": images / wall, "cpu": images / cpu}
+
+
 def _time_ours(batches: int) -> dict:
     """Images/s of our real base and incremental training steps (lucir.trainer.train_epochs on
     CIFAR-100) and of our evaluation forward pass (lucir.trainer.extract), in this process."""
@@ -562,9 +591,9 @@ def _time_ours(batches: int) -> dict:
     model = build_model("resnet32", 50, True, False).to(memory_format=torch.channels_last)
     idx = torch.nonzero(data.train_labels < 50).flatten()[: (batches + 2) * bs]
     train_epochs(model, None, data, idx[: 2 * bs], cfg, model.parameters(), 1, 0.1, (), 0, 0.0, dev, gen, desc="warm-up")
-    tic = time.perf_counter()
+    tic = _clock()
     train_epochs(model, None, data, idx[2 * bs:], cfg, model.parameters(), 1, 0.1, (), 0, 0.0, dev, gen, desc="base")
-    out["base_step"] = batches * bs / (time.perf_counter() - tic)
+    out["base_step"] = _rates(batches * bs, tic)
     old = copy.deepcopy(model).eval()
     for p in old.parameters():
         p.requires_grad_(False)
@@ -572,12 +601,12 @@ def _time_ours(batches: int) -> dict:
     model.head.old_weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     idx = torch.nonzero(data.train_labels < 55).flatten()[: batches * bs]
-    tic = time.perf_counter()
+    tic = _clock()
     train_epochs(model, old, data, idx, cfg, params, 1, 0.1, (), 50, 5.0 * (50 / 5) ** 0.5, dev, gen, desc="inc")
-    out["inc_step"] = batches * bs / (time.perf_counter() - tic)
-    tic = time.perf_counter()
+    out["inc_step"] = _rates(batches * bs, tic)
+    tic = _clock()
     extract(model, data.test, torch.arange(batches * bs), dev, cfg.eval_batch_size)
-    out["forward"] = batches * bs / (time.perf_counter() - tic)
+    out["forward"] = _rates(batches * bs, tic)
     return out
 
 
@@ -620,9 +649,9 @@ def _time_authors(code: Path, data: Path, batches: int) -> dict:
         opt = torch.optim.SGD(opt_params, lr=0.1, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[4, 6], gamma=0.1)
         tl = loader(n_cls, count, train_tf, True, bs)
-        tic = time.perf_counter()
+        tic = _clock()
         incremental_train_and_eval_MR_LF(1, m, ref, opt, sched, tl, test, it, 9, lam, 0.5, 2, 1.0)
-        return count / (time.perf_counter() - tic)
+        return _rates(count, tic)
 
     run(model, None, 9, 2 * bs, 50, 5.0)  # warm-up
     out["base_step"] = run(model, None, 9, n, 50, 5.0)
@@ -634,9 +663,9 @@ def _time_authors(code: Path, data: Path, batches: int) -> dict:
     out["inc_step"] = run(model, ref, 10, n, 55, 5.0 * (50 / 5) ** 0.5)
     feat = torch.nn.Sequential(*list(model.children())[:-1])
     ev = loader(100, n, test_tf, False, 128)
-    tic = time.perf_counter()
+    tic = _clock()
     compute_features(feat, ev, n, 64)
-    out["forward"] = n / (time.perf_counter() - tic)
+    out["forward"] = _rates(n, tic)
     return out
 
 
@@ -656,8 +685,8 @@ def time_steps(code: Path, data: Path, batches: int, setting: Setting, out: Path
     proj = {}
     for side in ("ours", "authors"):
         s = rates[side]
-        proj[side] = (w["base_steps"] / s["base_step"] + w["inc_steps"] / s["inc_step"]
-                      + w[f"{side}_forward"] / s["forward"])
+        proj[side] = {clock: (w["base_steps"] / s["base_step"][clock] + w["inc_steps"] / s["inc_step"][clock]
+                              + w[f"{side}_forward"] / s["forward"][clock]) for clock in ("cpu", "wall")}
     result = {"batches": batches, "images_per_s": rates, "workload": w, "projected_seconds_per_run": proj,
               "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
@@ -705,9 +734,13 @@ def main(argv=None) -> int:
         prepare_data(data_dir)
         t = time_steps(code, data_dir, args.time_steps, MATCHED, out)
         print(json.dumps(t, indent=1))
-        pair = max(t["projected_seconds_per_run"].values())
-        print(f"projected: one pair ~{pair / 3600:.1f} h if run alone on its cores; {runs} pairs one after "
-              f"another ~{runs * pair / 3600:.1f} h (training and forward passes only)")
+        proj = t["projected_seconds_per_run"]
+        for clock, what in (("cpu", "from CPU time: each process on a core of its own"),
+                            ("wall", "from wall time under this machine's load at the time")):
+            pair = max(p[clock] for p in proj.values())
+            print(f"projected ({what}): ours {proj['ours'][clock] / 3600:.1f} h, authors' "
+                  f"{proj['authors'][clock] / 3600:.1f} h a run; {runs} pairs one after another "
+                  f"~{runs * pair / 3600:.1f} h (training and forward passes only)")
         return 0
     failures = []
     if not args.report_only:
