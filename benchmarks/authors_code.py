@@ -234,6 +234,8 @@ def write_cifar_pickles(train_x, train_y, test_x, test_y, names, dest: Path) -> 
 
 
 def prepare_data(dest: Path) -> Path:
+    if (dest / "cifar-100-python" / "DONE").exists():
+        return dest / "cifar-100-python"
     from lucir import make_config
     from lucir.data import data_root, load_cifar100
     train_x, train_y, test_x, test_y, names, source = load_cifar100(data_root(make_config("lucir")))
@@ -498,8 +500,8 @@ def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -
     for i in impls:
         walls = [s["wall_seconds"] / 60 for s in summary if s["implementation"] == i]
         if walls:
-            lines.append(f"\nWall time per run, {names[i]}: {_fmt(walls)} min "
-                         f"(two processes at a time, one per core).")
+            lines.append(f"\nWall time per run, {names[i]}: {_fmt(walls)} min (summed over its attempts; "
+                         f"which run shared the machine with which is in each run's harness.json).")
     lines += [f"\n{n}" for n in notes]
     lines.append("\nEach run (average incremental accuracy: the mean over all phases, base phase included):\n")
     lines += ["| run | avg CNN | avg NME | final CNN | final NME | wall time | attempts |", "|---|---|---|---|---|---|---|"]
@@ -522,7 +524,7 @@ def plot_curves(long_rows, path: Path, setting: Setting, tiny: bool) -> None:
             for k, run in enumerate(sorted({r["run"] for r in rows})):
                 pts = sorted((r["classes_seen"], r[key]) for r in rows if r["run"] == run)
                 ax.plot(*zip(*pts), color=color, marker="o", ms=3, lw=1.2,
-                        ls="-" if k == 0 else "--", label=f"{name}: {run}")
+                        ls="-" if k == 0 else "--", label=run)
         ax.set_title(f"LUCIR-{title}")
         ax.set_xlabel("number of classes")
         ax.grid(alpha=0.3)
@@ -700,8 +702,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--authors", type=Path, help="local checkout of hshustc/CVPR19_Incremental_Learning")
-    ap.add_argument("--out", type=Path, default=None, help="tables and figure (default reports/authors_code, "
-                                                           "or reports/authors_code_tiny with --tiny)")
+    ap.add_argument("--out", type=Path, default=None, help="tables and figure (default reports/authors_code; "
+                                                           "with --tiny WORK/report, outside the repository's reports)")
     ap.add_argument("--work", type=Path, default=None, help="patched code, data and runs (default results/authors_code[_tiny])")
     ap.add_argument("--runs", type=int, default=None, help="runs of each side (default 2; 1 with --tiny)")
     ap.add_argument("--tiny", action="store_true", help="a quick check of the harness (not a comparison)")
@@ -722,8 +724,8 @@ def main(argv=None) -> int:
         return 0
     setting = TINY if args.tiny else MATCHED
     suffix = "_tiny" if args.tiny else ""
-    out = args.out or REPO / "reports" / f"authors_code{suffix}"
     work = (args.work or REPO / "results" / f"authors_code{suffix}").resolve()
+    out = args.out or (work / "report" if args.tiny else REPO / "reports" / "authors_code")
     runs = args.runs or (1 if args.tiny else 2)
     code, data_dir = work / "code", work / "data"
     pairs = make_runs(setting, runs, work, code, data_dir)
