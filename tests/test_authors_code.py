@@ -1,0 +1,230 @@
+"""benchmarks/authors_code.py: the patches, the CIFAR pickles, the log parsing and the table, without
+the authors' code; and the whole harness at its --tiny setting when LUCIR_AUTHORS_CODE points at a
+checkout of hshustc/CVPR19_Incremental_Learning."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("authors_code", REPO / "benchmarks" / "authors_code.py")
+ac = importlib.util.module_from_spec(_spec)
+sys.modules["authors_code"] = ac
+_spec.loader.exec_module(ac)
+
+SCRIPT = "cifar100-class-incremental/class_incremental_cosine_cifar100.py"
+TRAINER = "utils_incremental/incremental_train_and_eval_MR_LF.py"
+UTILS = "cifar100-class-incremental/utils_pytorch.py"
+
+
+def test_patches_have_reasons_touch_only_the_lucir_script_and_are_documented():
+    ps = ac.patches()
+    assert [p.name[:2] for p in ps] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+    doc = (REPO / "docs" / "authors_code.md").read_text()
+    for p in ps:
+        assert p.reason.startswith("Needed "), p.name  # each says what it is needed for
+        assert set(p.files) <= {SCRIPT, TRAINER, UTILS}, p.name
+        stem = p.name.removesuffix(".patch")
+        assert stem[3:] in ac.__doc__ and p.name in doc, f"{p.name} is not listed in the docstring and docs"
+
+
+def test_apply_patch_replaces_exactly_the_hunk_and_refuses_other_code(tmp_path):
+    (tmp_path / "a").mkdir()
+    f = tmp_path / "a" / "x.py"
+    f.write_text("one\ntwo\nthree\nfour\ntwo\n")
+    patch_file = tmp_path / "p.patch"
+    patch_file.write_text("Needed for a test.\n\ndiff --git a/a/x.py b/a/x.py\nindex 1..2 100644\n--- a/a/x.py\n"
+                          "+++ b/a/x.py\n@@ -3,3 +3,3 @@\n three\n four\n-two\n+TWO\n")
+    p = ac.read_patch(patch_file)
+    assert p.reason == "Needed for a test." and p.files == ["a/x.py"]
+    ac.apply_patch(tmp_path, p)
+    assert f.read_text() == "one\ntwo\nthree\nfour\nTWO\n"  # the second 'two', where the context says
+    with pytest.raises(RuntimeError, match="not in a/x.py"):
+        ac.apply_patch(tmp_path, p)  # applied already: its old text is gone
+
+
+def test_each_real_hunk_applies_to_its_own_old_text(tmp_path):
+    for p in ac.patches():
+        for k, h in enumerate(p.hunks):
+            root = tmp_path / f"{p.name}_{k}"
+            f = root / h.path
+            f.parent.mkdir(parents=True)
+            f.write_text("\n".join(["# before"] + h.old + ["# after"]))
+            ac.apply_patch(root, ac.Patch(p.name, p.reason, [h]))
+            assert f.read_text() == "\n".join(["# before"] + h.new + ["# after"])
+
+
+def test_cifar_pickles_read_back_by_torchvision_pixel_for_pixel(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+    rng = np.random.default_rng(0)
+    tx, ty = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8), np.array([3, 0, 99, 5, 3, 1, 2])
+    vx, vy = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8), np.array([9, 8, 7])
+    names = [f"c{i}" for i in range(100)]
+    ac.write_cifar_pickles(tx, ty, vx, vy, names, tmp_path)
+    # what patch 01 does inside the authors' script: accept existing files whatever their md5
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    train = tv_cifar.CIFAR100(str(tmp_path), train=True, download=True)
+    test = tv_cifar.CIFAR100(str(tmp_path), train=False, download=False)
+    assert np.array_equal(train.data, tx) and train.targets == ty.tolist()
+    assert np.array_equal(test.data, vx) and test.targets == vy.tolist()
+    assert train.classes == names
+    assert np.array_equal(np.asarray(train[2][0]), tx[2])  # the PIL image the transforms get
+
+
+def test_the_scheduler_patch_restores_pytorch_04s_schedule():
+    """PyTorch 0.4: scheduler.step() at the start of epoch e set lr(e) = 0.1 * 0.1^#{m <= e}. Today
+    that call order divides one epoch early; after the epoch (patch 03) it gives 0.4's schedule."""
+    def lrs(step_first):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.1)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [4, 6], 0.1)
+        out = []
+        for _ in range(8):
+            if step_first:
+                sched.step()
+            out.append(round(opt.param_groups[0]["lr"], 6))
+            opt.step()
+            if not step_first:
+                sched.step()
+        return out
+    pytorch_04 = [round(0.1 * 0.1 ** sum(m <= e for m in (4, 6)), 6) for e in range(8)]
+    assert lrs(step_first=False) == pytorch_04 == [0.1] * 4 + [0.01] * 2 + [0.001] * 2
+    with pytest.warns(UserWarning):
+        assert lrs(step_first=True) == [0.1] * 3 + [0.01] * 2 + [0.001] * 3
+
+
+def test_the_margin_ranking_patch_changes_no_value_or_gradient():
+    """PyTorch 0.4 computed (-target * (x1 - x2) + m).clamp(0).mean() with x1, x2 of shape (N, 1) and
+    target (N,) by broadcasting to (N, N); patch 08 passes target (N, 1) to today's loss."""
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.rand(12, 1, generator=g, requires_grad=True)
+    x2 = torch.rand(12, 1, generator=g, requires_grad=True)
+    old = (-torch.ones(12) * (x1 - x2) + 0.5).clamp_min(0)
+    assert old.shape == (12, 12)
+    old = old.mean()
+    old_grads = torch.autograd.grad(old, (x1, x2))
+    new = torch.nn.MarginRankingLoss(margin=0.5)(x1, x2, torch.ones(12, 1))
+    new_grads = torch.autograd.grad(new, (x1, x2))
+    assert torch.allclose(old, new, atol=1e-7) and old.item() > 0
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(old_grads, new_grads))
+    with pytest.raises(RuntimeError, match="same dimension"):
+        torch.nn.MarginRankingLoss(margin=0.5)(x1, x2, torch.ones(12))  # the unpatched call
+
+
+def _acc_block(cnn, icarl, ncm):
+    return (f"  top 1 accuracy CNN            :\t\t{cnn:.2f} %\n"
+            f"  top 1 accuracy iCaRL          :\t\t{icarl:.2f} %\n"
+            f"  top 1 accuracy NCM            :\t\t{ncm:.2f} %\n")
+
+
+def _phase(batch, cum, ori=(99.0, 98.0, 97.0)):
+    return (f"Batch of classes number {batch} arrives ...\nEpoch: 0, LR: [0.1]\n"
+            "Computing accuracy on the original batch of classes...\n" + _acc_block(*ori) +
+            "Computing cumulative accuracy...\n" + _acc_block(*cum) + "Computing confusion matrix...\n")
+
+
+def test_parse_authors_log_takes_cumulative_accuracies_of_the_last_attempt():
+    first = _phase(2, (50.0, 49.0, 48.0)) + _phase(3, (40.0, 39.0, 38.0)) + "Batch of classes number 4 arrives ...\n"
+    resumed = _phase(2, (50.0, 49.0, 48.0)) + _phase(3, (40.0, 39.0, 38.0)) + _phase(4, (30.5, 29.25, 28.0))
+    rows = ac.parse_authors_log(first + resumed)
+    assert [(r["batch"], r["acc_cnn"], r["acc_nme"], r["acc_ncm_all"]) for r in rows] == [
+        (2, 50.0, 49.0, 48.0), (3, 40.0, 39.0, 38.0), (4, 30.5, 29.25, 28.0)]
+    assert ac.parse_authors_log(first)[-1]["batch"] == 3  # an unfinished phase gives no row
+
+
+def _fake_runs(tmp_path):
+    """Finished runs of both sides at a 2-phase setting, as the programs leave them."""
+    setting = ac.Setting(num_classes=20, base_classes=10, phases=2, epochs=1)
+    pairs = ac.make_runs(setting, 2, tmp_path, tmp_path / "code", tmp_path / "data")
+    curves = {("ours", 1): [(0.60, 0.58), (0.50, 0.49), (0.40, 0.41)],
+              ("ours", 2): [(0.62, 0.60), (0.52, 0.47), (0.44, 0.43)],
+              ("authors", 1): [(61.0, 59.0), (51.0, 50.0), (41.0, 40.0)],
+              ("authors", 2): [(63.0, 57.0), (49.0, 48.0), (39.0, 42.0)]}
+    for pair in pairs:
+        for r in pair:
+            r.folder.mkdir(parents=True)
+            c = curves[(r.impl, r.index)]
+            if r.impl == "ours":
+                phases = [{"phase": t, "classes_seen": 10 + 5 * t, "acc_cnn": a, "acc_nme": b} for t, (a, b) in enumerate(c)]
+                (r.folder / "metrics.json").write_text(json.dumps({"phases": phases}))
+            else:
+                (r.folder / "checkpoint").mkdir()
+                from lucir.data import class_order
+                with open(r.folder / "checkpoint" / "seed_1993_cifar100_order_run_0.pkl", "wb") as fh:
+                    pickle.dump(np.array(class_order(100, 1993)[:20]), fh)
+                log = "".join(_phase(2 + t, (a, b, 1.0)) for t, (a, b) in enumerate(c))
+                (r.folder / "log_attempt1.txt").write_text(log)
+                arr = np.zeros((4, 3, 1))
+                arr[1:, :, 0] = [(a, b, 1.0) for a, b in c]
+                torch.save(arr, r.folder / "checkpoint" / (f"{ac.CKP_PREFIX}_nb_cl_fg_10_nb_cl_5_nb_protos_20_run_0_"
+                                                           "top1_acc_list_cumul.pth"))
+            (r.folder / "harness.json").write_text(json.dumps({"attempts": [{"seconds": 60.0 * r.index}]}))
+    return setting, pairs
+
+
+def test_report_tables_hold_every_phase_mean_and_spread(tmp_path):
+    setting, pairs = _fake_runs(tmp_path)
+    ac.write_report(pairs, tmp_path / "out", setting, tiny=False)
+    with open(tmp_path / "out" / "summary.csv") as fh:
+        summary = {r["run"]: r for r in csv.DictReader(fh)}
+    assert float(summary["ours seed 1"]["avg_incremental_acc_cnn"]) == pytest.approx((62 + 52 + 44) / 3)
+    assert float(summary["authors' run 2"]["avg_incremental_acc_nme"]) == pytest.approx((57 + 48 + 42) / 3)
+    assert float(summary["authors' run 2"]["wall_seconds"]) == 120.0
+    with open(tmp_path / "out" / "per_phase.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4 * 3
+    md = (tmp_path / "out" / "table.md").read_text()
+    # phase 0: ours CNN 60, 62 -> 61.00 ± 1.41 (sample std); authors' CNN 61, 63 -> 62.00 ± 1.41
+    assert "| 0 | 10 | 61.00 ± 1.41 | 62.00 ± 1.41 | 59.00 ± 1.41 | 58.00 ± 1.41 |" in md
+    assert "drew the same order as ours" in md and "Wall time per run, authors' code: 1.50 ± 0.71 min (summed" in md
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+
+
+def test_a_log_that_disagrees_with_the_saved_array_is_an_error(tmp_path):
+    setting, pairs = _fake_runs(tmp_path)
+    auth = pairs[0][1]
+    log = auth.folder / "log_attempt1.txt"
+    log.write_text(log.read_text().replace("51.00", "52.00"))
+    with pytest.raises(RuntimeError, match="disagrees"):
+        auth.rows()
+
+
+def test_matched_setting_flags():
+    ours = ac.MATCHED.ours_args(1)
+    for s in ("phases=10", "epochs=8", "lr_milestones=4,6", "base_epochs=8", "base_lr_milestones=4,6", "seed=1"):
+        assert s in ours
+    a = ac.MATCHED.authors_args()
+    flags = dict(zip(a[::1], a[1:]))
+    assert flags["--nb_cl_fg"] == "50" and flags["--nb_cl"] == "5" and flags["--epochs"] == "8"
+    assert flags["--lr_strat"] == "4,6" and flags["--nb_protos"] == "20" and flags["--num_classes"] == "100"
+    assert {"--less_forget", "--adapt_lamda", "--mr_loss", "--imprint_weights", "--resume"} <= set(a)
+
+
+@pytest.mark.skipif(not os.environ.get("LUCIR_AUTHORS_CODE"),
+                    reason="set LUCIR_AUTHORS_CODE to a checkout of hshustc/CVPR19_Incremental_Learning "
+                           "to run the harness end to end (--tiny)")
+def test_harness_tiny_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    rc = ac.main(["--authors", os.environ["LUCIR_AUTHORS_CODE"], "--tiny", "--work", str(tmp_path / "work"),
+                  "--out", str(out), "--no-pin"])
+    assert rc == 0
+    with open(out / "per_phase.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for impl in ("ours", "authors"):
+        mine = [r for r in rows if r["implementation"] == impl]
+        assert [int(r["classes_seen"]) for r in mine] == [10, 15, 20]
+        assert all(0 <= float(r["acc_cnn"]) <= 100 and 0 <= float(r["acc_nme"]) <= 100 for r in mine)
+    assert (out / "curves.png").exists() and "Tiny harness check" in (out / "table.md").read_text()
+    # called again: nothing is run again
+    t = (tmp_path / "work" / "authors_run1" / "harness.json").read_text()
+    assert ac.main(["--authors", os.environ["LUCIR_AUTHORS_CODE"], "--tiny", "--work", str(tmp_path / "work"),
+                    "--out", str(out), "--no-pin"]) == 0
+    assert (tmp_path / "work" / "authors_run1" / "harness.json").read_text() == t
