@@ -73,6 +73,35 @@ def run_cost(config: Config) -> list[float]:
     return costs
 
 
+# The images/s of one run's training step that projections assume, per device kind ("cpu", "cuda")
+# and model, with where they come from; benchmarks/gpu_check.py writes the measured cuda figures.
+RATES_FILE = Path(__file__).with_name("rates.json")
+
+
+def rates(path: Path | None = None) -> dict:
+    return json.loads(Path(path or RATES_FILE).read_text())
+
+
+def projected_seconds(config: Config, kind: str, work: float | None = None, table: dict | None = None) -> float:
+    """Seconds to train `work` image-epochs (default: the whole run's run_cost) of `config` on one
+    device of `kind` at the rate of lucir/rates.json."""
+    table = table or rates()
+    return (sum(run_cost(config)) if work is None else work) / table[kind][config.resolved_model]
+
+
+def duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{seconds / 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:,.0f} days"
+
+
+def cpu_instead_of_gpu(runs: list[tuple[Config, float]]) -> str:
+    """What training `runs` ((config, image-epochs) pairs) costs on the CPU against one GPU, one phrase."""
+    table = rates()
+    cpu, gpu = (sum(projected_seconds(c, kind, work, table) for c, work in runs) for kind in ("cpu", "cuda"))
+    return (f"{sum(w for _, w in runs) / 1e6:,.1f} million image-steps take about {duration(cpu)} on a CPU "
+            f"against {duration(gpu)} on one GPU (rates in lucir/rates.json; GPU: {table['cuda']['source']})")
+
+
 def base_phase_file(config: Config) -> Path | None:
     """The cache file of the run's base phase, or None when the run does not cache it."""
     if not config.cache_base:
