@@ -87,8 +87,13 @@ class Config:
                                "epochs and after a phase's last epoch; 0 = only the checkpoint at each phase's end")
     workers: Optional[int] = _f(None, "JPEG decoding processes (ImageNet-style data); None = one per core, at most 8; "
                                 "0 = in the training process; results do not depend on it")
-    amp: bool = _f(False, "bfloat16 autocast where the device supports it (losses in float32); off = the paper's fp32")
-    compile: bool = _f(False, "torch.compile the model for training (changes float rounding, so results)")
+    amp: str = _f("off", "precision of the forward passes (losses stay float32): off = the paper's fp32; bf16 = "
+                  "bfloat16 autocast (GPUs with native bfloat16, compute capability 8.0+; the CPU); fp16 = float16 "
+                  "autocast with a gradient scaler (CUDA, for GPUs without bfloat16: V100, T4)")
+    compile: bool = _f(False, "torch.compile the backbone for training (the growing head stays eager; a graph break "
+                       "or too many recompiles is an error); changes float rounding, so results")
+    deterministic: bool = _f(False, "GPU runs: deterministic cuDNN and torch algorithms, so a run repeats to the bit "
+                             "(CPU runs always do); runtime only, slower on a GPU")
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -111,6 +116,7 @@ class Config:
 # The second view of each exemplar for the NME class means (nme_flip): the official CIFAR-100 code
 # reverses the colour channels, a horizontal flip is what its comment ("Flipped version") meant.
 NME_VIEWS = ("channels", "horizontal", "none")
+AMP_MODES = ("off", "bf16", "fp16")
 IMAGENET_LIKE = ("imagenet", "imagenet_subset", "tiny_imagenet")
 DATASETS = ("cifar100", "synthetic") + IMAGENET_LIKE
 
@@ -236,8 +242,7 @@ def make_config(preset: str = "lucir", **overrides) -> Config:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'{_suggest(preset, PRESETS)}; "
                           f"choose one of: {', '.join(PRESETS)}")
-    values = dict(PRESETS[preset])
-    values.update(overrides)
+    values = upgrade({**PRESETS[preset], **overrides})
     dataset = str(values.get("dataset", Config.dataset)).strip()
     for name, value in dataset_defaults(preset, dataset).items():
         values.setdefault(name, value)  # only where neither the preset nor an override gives it
@@ -253,11 +258,18 @@ def make_config(preset: str = "lucir", **overrides) -> Config:
     return config
 
 
-def config_from_dict(values: dict) -> Config:
-    """Rebuild a config from `config.json` (a full dict of fields)."""
+def upgrade(values: dict) -> dict:
+    """Field values of an older `config.json` (or command) in today's terms."""
     values = dict(values)
     if isinstance(values.get("nme_flip"), bool):  # written before nme_flip had three values
         values["nme_flip"] = "horizontal" if values["nme_flip"] else "none"
+    if str(values.get("amp")).lower() in ("true", "false"):  # amp was on/off before fp16: on was bfloat16
+        values["amp"] = "bf16" if str(values["amp"]).lower() == "true" else "off"
+    return values
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a config from `config.json` (a full dict of fields)."""
     return make_config("lucir", **values)
 
 
@@ -275,6 +287,8 @@ def validate(c: Config) -> None:
         raise ConfigError(f"unknown model '{c.model}'; choose resnet32 or resnet18")
     if c.nme_flip not in NME_VIEWS:
         raise ConfigError(f"nme_flip must be one of {', '.join(NME_VIEWS)}, got '{c.nme_flip}'")
+    if c.amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got '{c.amp}'")
     if c.lambda_direction not in ("code", "paper"):
         raise ConfigError(f"lambda_direction must be 'code' or 'paper', got '{c.lambda_direction}'")
     positive = ["phases", "epochs", "batch_size", "eval_batch_size", "K", "image_size", "cbf_epochs"]

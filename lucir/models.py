@@ -164,8 +164,9 @@ class Net(nn.Module):
     def num_classes(self) -> int:
         return self.head.out_features
 
-    def forward(self, x: torch.Tensor) -> Output:
-        features = self.backbone(x)
+    def forward(self, x: torch.Tensor, backbone: nn.Module | None = None) -> Output:
+        """`backbone`: a stand-in for self.backbone sharing its parameters (its compiled form)."""
+        features = (self.backbone if backbone is None else backbone)(x)
         if self.cosine:
             scores = self.head.cosine(features)
             return Output(features, scores, self.head.eta * scores)

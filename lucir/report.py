@@ -19,6 +19,7 @@ from IPython.display import HTML, Markdown, display
 from . import experiments as ex
 from . import plots, published
 from . import results as res
+from .config import upgrade
 from .provenance import REPO_ROOT
 
 NAMES = {"main_curves": "Main curves (Fig. 5, Fig. 6)", "component_ablation": "Component ablation (Fig. 7a)",
@@ -158,8 +159,9 @@ def runs_table(results_dir) -> pd.DataFrame:
 
 
 def precision_text(config: dict) -> str:
-    """fp32 (the paper's), or what the run switched on: bfloat16 autocast (amp), torch.compile."""
-    parts = (["bf16 autocast"] if config.get("amp") else ["fp32"]) + (["compiled"] if config.get("compile") else [])
+    """fp32 (the paper's), or what the run switched on: bf16 or fp16 autocast (amp), torch.compile."""
+    amp = upgrade({"amp": config.get("amp", "off")})["amp"]  # true/false in runs written before fp16
+    parts = ([f"{amp} autocast"] if amp != "off" else ["fp32"]) + (["compiled"] if config.get("compile") else [])
     return ", ".join(parts)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_from_dict, upgrade
 
 try:
     import fcntl
@@ -20,11 +20,14 @@ except ImportError:  # not POSIX: `locked` locks nothing
     fcntl = None
 
 # Fields that change how a run is executed, not what it computes.
+# `deterministic` is one of them: on the CPU it changes no number, and on a GPU it picks, among the
+# roundings a run of the config may take from one repetition to the next, one that repeats (as
+# `device` picks the rounding of its hardware); the run computes the same thing either way.
 RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size", "workers",
-                  "checkpoint_every")
+                  "checkpoint_every", "deterministic")
 # Fields added after results existed, with the value that computes what runs did before them: a
 # run's name leaves them out while they hold that value, so earlier runs keep their folders.
-NEUTRAL_FIELDS = {"amp": False, "compile": False}
+NEUTRAL_FIELDS = {"amp": "off", "compile": False}
 
 
 def run_identity(config: Config) -> dict:
@@ -101,7 +104,7 @@ def prepare_out_dir(out_dir: Path, config: Config) -> None:
     if path.exists():
         # a field added after the run was written has its default there
         written = json.loads(path.read_text())
-        stored = {**Config().to_dict(), **written}
+        stored = {**Config().to_dict(), **upgrade(written)}
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
         if diff:

@@ -74,21 +74,40 @@ def run_cost(config: Config) -> list[float]:
     return costs
 
 
-# Training rates that turn run_cost (image-steps: an image through one training step, 1.25 with
-# the old model's forward) into time for `python -m lucir.study --dry-run`, per device kind and
-# model, each with where it comes from. Runs sharing a device share its rate.
-RATES = {
-    ("cpu", "resnet32"): (330.0, "measured on a 2-core CPU, 2026-11-25: base step 331 images/s, LUCIR incremental "
-                                 "step 263 images/s x 1.25 (studies/full_cpu.yaml); more cores, more"),
-    ("cpu", "resnet18"): (14.0, "measured on a 2-core CPU, 2026-11-26: bare ResNet-18 224 px step 13.6-15.4 images/s"),
-    ("cuda", "resnet32"): (5000.0, "ASSUMED for one modern GPU, not measured"),
-    ("cuda", "resnet18"): (1500.0, "ASSUMED for one modern GPU, not measured"),
-}
+# The images/s of one run's training step that projections assume, per device kind ("cpu", "cuda")
+# and model, with where they come from; benchmarks/gpu_check.py writes the measured cuda figures.
+RATES_FILE = Path(__file__).with_name("rates.json")
+
+
+def rates(path: Path | None = None) -> dict:
+    return json.loads(Path(path or RATES_FILE).read_text())
+
+
+def projected_seconds(config: Config, kind: str, work: float | None = None, table: dict | None = None) -> float:
+    """Seconds to train `work` image-epochs (default: the whole run's run_cost) of `config` on one
+    device of `kind` at the rate of lucir/rates.json."""
+    table = table or rates()
+    return (sum(run_cost(config)) if work is None else work) / table[kind][config.resolved_model]
+
+
+def duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{seconds / 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:,.0f} days"
+
+
+def cpu_instead_of_gpu(runs: list[tuple[Config, float]]) -> str:
+    """What training `runs` ((config, image-epochs) pairs) costs on the CPU against one GPU, one phrase."""
+    table = rates()
+    cpu, gpu = (sum(projected_seconds(c, kind, work, table) for c, work in runs) for kind in ("cpu", "cuda"))
+    return (f"{sum(w for _, w in runs) / 1e6:,.1f} million image-steps take about {duration(cpu)} on a CPU "
+            f"against {duration(gpu)} on one GPU (rates in lucir/rates.json; GPU: {table['cuda']['source']})")
 
 
 def assumed_rate(device: str, model: str) -> tuple[float, str]:
-    """(images/s, where the figure comes from) for a run of `model` on `device` (cpu, cuda, cuda:N)."""
-    return RATES[("cuda" if device.startswith("cuda") else "cpu", model)]
+    """(images/s, where the figure comes from) for a run of `model` on `device` (cpu, cuda, cuda:N),
+    from lucir/rates.json."""
+    entry = rates()["cuda" if device.startswith("cuda") else "cpu"]
+    return float(entry[model]), entry["source"]
 
 
 def base_phase_file(config: Config) -> Path | None:

@@ -86,9 +86,12 @@ def load_profile(name_or_path: str) -> tuple[str, Path, dict]:
         raise StudyError(f"profile {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(content, dict):
         raise StudyError(f"profile {path} must be a mapping with 'shared' and 'notebooks'")
-    unknown = sorted(set(content) - {"description", "shared", "notebooks"})
+    unknown = sorted(set(content) - {"description", "shared", "notebooks", "meant_for", "slurm"})
     if unknown:
-        raise StudyError(f"profile {path}: unknown key '{unknown[0]}' (known: description, shared, notebooks)")
+        raise StudyError(f"profile {path}: unknown key '{unknown[0]}' (known: description, shared, notebooks, "
+                         f"meant_for, slurm)")
+    if content.get("meant_for", "gpu") not in ("gpu", "cpu"):
+        raise StudyError(f"profile {path}: meant_for must be gpu or cpu, got {content['meant_for']!r}")
     if not isinstance(content.get("shared") or {}, dict):
         raise StudyError(f"profile {path}: 'shared' must be a mapping of config fields")
     if not isinstance(content.get("notebooks"), dict) or not content["notebooks"]:
@@ -427,7 +430,7 @@ def _hours(seconds: float) -> str:
 def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, executor, jobs, runs_per_gpu, rate) -> None:
     """The dry run: notebooks kept and left out, data, each run in the order it starts with its
     cost (image-steps, run_cost) and the base phase it shares, and the projected time on the chosen
-    device from the cost model at the rate it assumes (scheduler.RATES, or --rate)."""
+    device from the cost model at the rate it assumes (lucir/rates.json, or --rate)."""
     import torch
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind = "cpu" if kind == "auto" else kind
@@ -504,6 +507,25 @@ def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu:
     return scheduler.LocalExecutor(scheduler.local_slots(device, jobs, runs_per_gpu))
 
 
+def gpu_profile_on_cpu(name: str, content: dict, pairs: list, results_dir: Path, device: str | None,
+                       executor: str) -> str | None:
+    """One line when a profile meant for a GPU (`meant_for: gpu`) is about to train on this machine's
+    CPU, with what that costs (the cost model at lucir/rates.json's rates, each shared base phase
+    once); None otherwise, and for Ray, whose cluster has devices of its own."""
+    from .device import resolve_device, unusable_gpu
+    if content.get("meant_for") != "gpu" or executor != "local" or resolve_device(device or "auto").type == "cuda":
+        return None
+    tasks, _ = scheduler.collect_runs(pairs, results_dir)
+    bases, runs = set(), []
+    for t in scheduler.order_runs(tasks):
+        shared = t.base is not None and (t.base in bases or Path(t.base).exists())
+        bases.add(t.base)
+        runs.append((t.config, sum(t.cost[1:] if shared else t.cost)))
+    why = unusable_gpu() if device in (None, "auto") else None
+    return (f"profile '{name}' is meant for a GPU but its {len(tasks)} runs will train on the CPU"
+            f"{f' ({why})' if why else ''}: {scheduler.cpu_instead_of_gpu(runs)}")
+
+
 def run_study(profile: str, results: str | None = None, reports: str | None = None, only: list[str] | None = None,
               jobs: int | None = None, device: str | None = None, cache_dir: str | None = None, progress: bool = True,
               executor: str = "local", runs_per_gpu: int = 1, address: str | None = None,
@@ -534,6 +556,8 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     if not pairs:
         raise StudyError(f"the selection leaves nothing to run in profile '{name}' "
                          f"({'; '.join(f'{k}: {why}' for k, why in left_out[:3])})")
+    if note := gpu_profile_on_cpu(name, content, pairs, results_dir, device, executor):
+        print(f"warning: {note}", file=sys.stderr)
     data = data_provenance(pairs)
     if dry_run:
         todo = [p for p in pairs if not is_done(results_dir, p)]

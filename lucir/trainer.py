@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from . import losses
 from . import results as res
 from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
 from .data import Dataset, data_root, default_workers, load_dataset, phase_classes
+from .device import autocast, check_amp, grad_scaler, resolve_device, set_deterministic, unusable_gpu
 from .distributed import all_sum, barrier, is_main, launched_world_size, share, sync_module, world_size, wrap
 from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
@@ -38,25 +40,6 @@ epoch_hook = None
 
 class TrainingDiverged(RuntimeError):
     """A loss turned NaN or infinite; checkpoints of finished phases are kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use device=cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast (config `amp`) where the device supports it; otherwise (and when off)
-    a context that changes nothing, so the default stays the paper's fp32."""
-    if enabled and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -128,7 +111,7 @@ def _set_rng_state(state: dict, device) -> None:
 # --------------------------------------------------------------------------- features
 @torch.no_grad()
 def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view: str = "none",
-            workers: int = 0, amp: bool = False):
+            workers: int = 0, amp: str = "off"):
     """(features, logits) of images `idx` with test-time transforms (and `view`), in eval mode.
     JPEG images are decoded by `workers` processes; the results reach the host in one copy."""
     model.eval()
@@ -141,6 +124,25 @@ def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view
     if not feats:
         return torch.zeros(0), torch.zeros(0)
     return torch.cat(feats).cpu(), torch.cat(logits).cpu()
+
+
+def compiled_backbone(model: Net):
+    """torch.compile of the model's backbone (config `compile`), sharing its parameters; the model
+    calls it in place of its own backbone. The backbone keeps its shapes across phases, while the
+    cosine head grows every phase and stays eager. The batch dimension is dynamic from the first
+    call (an epoch's last batch is smaller, and each phase's differs), so each mode (training, the
+    frozen old model, the backbone frozen in the class-balanced finetune) compiles once for every
+    batch size, twice on a CPU whose convolutions switch layout at 16 images (tests/
+    test_gpu_path.py counts them); a batch of one image gets its own graph. fullgraph: a graph
+    break, or more recompiles than torch._dynamo's limit (8), is an error, never a silent fall
+    back to eager."""
+    compiled = torch.compile(model.backbone, fullgraph=True)
+
+    def backbone(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        return compiled(x)
+    return backbone
 
 
 # --------------------------------------------------------------------------- the batch loss
@@ -175,6 +177,7 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
     its state there after the epochs it is due."""
     opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=c.lr_gamma)
+    scaler = grad_scaler(torch.device(device), c.amp)  # float16 only; otherwise backward and step unchanged
     start, summary = 0, {}
     resume = checkpoint.state_for(stage) if checkpoint is not None else None
     if resume is not None:  # before DDP or compile wrap the model: they see the resumed weights
@@ -183,6 +186,8 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
             old_model.load_state_dict(resume["old_model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])  # its milestones come from the config
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
         generator.set_state(resume["generator"])
         _set_rng_state(resume["rng"], device)
         start, summary = resume["epoch"], resume["summary"]
@@ -190,10 +195,10 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
     shard = (dist_rank(), world_size())
     workers = resolve_workers(c.workers)
     net = wrap(model, torch.device(device))
-    old_net = old_model
+    backbone = old_backbone = None  # None: each model's own backbone, eager
     if c.compile:
-        net = torch.compile(net)
-        old_net = None if old_model is None else torch.compile(old_model)
+        backbone = compiled_backbone(model)
+        old_backbone = None if old_model is None else compiled_backbone(old_model)
     bar = tqdm(range(start, epochs), desc=desc, disable=not (c.progress and is_main()), leave=True,
                dynamic_ncols=True, initial=start, total=epochs)
     for epoch in bar:
@@ -211,16 +216,17 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
         for batch, x, y in zip(batches, images, epoch_labels):
             y = y if shard[1] == 1 else y.tensor_split(shard[1])[shard[0]]
             with autocast(torch.device(device), c.amp):
-                out = net(x)
+                out = net(x, backbone=backbone)
                 old = None
-                if old_net is not None:
+                if old_model is not None:
                     with torch.no_grad():
-                        old = old_net(x)
+                        old = old_model(x, backbone=old_backbone)
             terms = batch_loss(c, out, old, y, n_old, lam)
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             correct += (out.logits.argmax(1) == y).sum()
@@ -244,8 +250,8 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
             scheduler_state = {k: v for k, v in sched.state_dict().items() if k != "milestones"}
             checkpoint.save(stage, epoch + 1, {
                 "model": _cpu_state(model), "old_model": None if old_model is None else _cpu_state(old_model),
-                "optimizer": opt.state_dict(), "scheduler": scheduler_state, "generator": generator.get_state(),
-                "rng": _rng_state(device), "summary": summary})
+                "optimizer": opt.state_dict(), "scheduler": scheduler_state, "scaler": scaler.state_dict(),
+                "generator": generator.get_state(), "rng": _rng_state(device), "summary": summary})
         if epoch_hook is not None:
             epoch_hook(desc, epoch + 1, epochs)
     bar.close()
@@ -264,9 +270,10 @@ def base_cache_path(c: Config, first_classes: int) -> Path:
             "format": 1}
     if c.dataset != "synthetic":
         key["data"] = str(data_root(c).resolve())
-    for name in ("amp", "compile"):  # only when on, so that the paper's fp32 runs keep their cache
-        if getattr(c, name):
-            key[name] = True
+    if c.amp != "off":  # only when on, so that the paper's fp32 runs keep their cache
+        key["amp"] = c.amp
+    if c.compile:
+        key["compile"] = True
     if world_size() > 1:  # per-rank BatchNorm and gradient averaging change the result
         key["world_size"] = world_size()
     if c.dataset in IMAGENET_LIKE:  # JPEG crops are drawn per sample since this version (lucir.data)
@@ -396,8 +403,11 @@ def run_incremental(config: Config, out_dir) -> dict:
     if res.is_complete(out):
         return res.load_metrics(out)
     device = dist_setup(resolve_device(c.device))  # under torchrun: join the group, cuda:LOCAL_RANK
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    check_amp(c.amp, device)
+    set_deterministic(c.deterministic, device)
+    if c.device == "auto" and is_main() and (unusable := unusable_gpu()):
+        from .scheduler import cpu_instead_of_gpu, run_cost
+        print(f"warning: {unusable}; this run's {cpu_instead_of_gpu([(c, sum(run_cost(c)))])}", file=sys.stderr)
     data = load_dataset(c)
     ranges = phase_classes(phase_sizes(len(data.class_names), c.base_classes, c.phases))
     if c.memory_total is not None and c.memory_total < ranges[-1].stop:

@@ -30,6 +30,15 @@ CIFAR_DIR = DATA_ROOT / "cifar100"
 TINY_IMAGENET_DIR = DATA_ROOT / "tiny_imagenet_subset"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run on a CUDA GPU only (python benchmarks/gpu_check.py runs them there)."""
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (python benchmarks/gpu_check.py on one runs it)")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """LUCIR_CACHE under the session tmp dir, as a safety net behind the explicit cache_dir."""

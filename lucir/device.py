@@ -1,0 +1,101 @@
+"""Where a run computes and how: the device (and a GPU that this PyTorch cannot use), the
+precision of the forward passes (config `amp`), and deterministic algorithms (`deterministic`)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NVIDIA_PROC = Path("/proc/driver/nvidia/version")  # present where NVIDIA's kernel driver is loaded
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+
+
+def nvidia_gpu() -> str | None:
+    """The machine's NVIDIA GPU and driver as nvidia-smi names them (or the driver's kernel
+    module when nvidia-smi is missing); None on a machine without one."""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            first = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+            if first:
+                name, _, driver = first.partition(",")
+                return f"{name.strip()}, driver {driver.strip()}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if NVIDIA_PROC.exists():
+        words = NVIDIA_PROC.read_text().split()
+        driver = next((w for w in words if w[:1].isdigit() and w.count(".") >= 1), "of unknown version")
+        return f"NVIDIA driver {driver}"
+    return None
+
+
+def unusable_gpu() -> str | None:
+    """One line when the machine has an NVIDIA GPU that this PyTorch cannot use (a wheel built for
+    a newer CUDA than the driver supports, or a CPU-only build); None otherwise."""
+    if torch.cuda.is_available():
+        return None
+    gpu = nvidia_gpu()
+    if gpu is None:
+        return None
+    build = (f"built for CUDA {torch.version.cuda}, which the driver is probably too old for"
+             if torch.version.cuda else "a CPU-only build")
+    return (f"a GPU is present ({gpu}) but PyTorch {torch.__version__} ({build}) cannot use it, so device=auto "
+            f"trains on the CPU")
+
+
+# --------------------------------------------------------------------------- precision
+def check_amp(amp: str, device: torch.device) -> None:
+    """A one-line ConfigError when the device cannot run `amp` natively."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"amp=fp16 (float16 with a gradient scaler) is for CUDA GPUs without bfloat16; on "
+                          f"{device.type} use amp=bf16 or amp=off")
+    if amp == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"amp=bf16: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+                          f"has no native bfloat16 (8.0 or newer has); use amp=fp16")
+
+
+def autocast(device: torch.device, amp: str):
+    """The forward passes under `amp` (bf16 or fp16 autocast); with amp=off a context that changes
+    nothing, so the default stays the paper's fp32."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """The loss scaling float16 needs (bfloat16 has float32's range and needs none). Disabled, its
+    scale, step and update are loss.backward() and opt.step() unchanged."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+# --------------------------------------------------------------------------- determinism
+def set_deterministic(enabled: bool, device: torch.device) -> None:
+    """Deterministic cuDNN convolutions (no benchmark search) and torch.use_deterministic_algorithms
+    (an op without a deterministic version is then an error) when `enabled`, so that a GPU run
+    repeats to the bit; otherwise torch's defaults, with cuDNN's benchmark search on CUDA. Process-
+    wide: each run sets it at its start, so a worker training several runs gives each its own."""
+    if enabled:
+        # cuBLAS repeats its sums only with a fixed workspace (read when CUDA creates its handle)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not enabled
+    torch.use_deterministic_algorithms(enabled)
