@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -737,19 +738,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --partition, --time-limit, --gpus-per-run, --mem-gb and --signal-delay are for "
               "--executor slurm", file=sys.stderr)
         return 2
-    if args.executor == "slurm":
+    needs = {"ray": ("ray", "Ray"), "slurm": ("submitit", "submitit")}  # the executors' optional extras
+    if args.executor in needs:
+        module, name = needs[args.executor]
         try:
-            import submitit  # noqa: F401
+            importlib.import_module(module)
         except ImportError:
-            print('error: --executor slurm needs submitit, which is not installed: pip install -e ".[slurm]"',
-                  file=sys.stderr)
-            return 2
-    if args.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            print('error: --executor ray needs Ray, which is not installed: pip install -e ".[ray]"',
-                  file=sys.stderr)
+            print(f'error: --executor {args.executor} needs {name}, which is not installed: '
+                  f'pip install -e ".[{args.executor}]"', file=sys.stderr)
             return 2
     if args.rate is not None and not args.rate > 0:
         print("error: --rate must be positive", file=sys.stderr)

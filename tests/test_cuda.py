@@ -17,6 +17,7 @@ from lucir import trainer
 from lucir.data import EncodedImages
 
 from conftest import comparable, tiny_config
+from test_gpu_path import _counting_compile
 
 pytestmark = pytest.mark.cuda
 
@@ -121,15 +122,7 @@ def test_compile_with_inductor_on_cuda(tmp_path, monkeypatch):
     # batch 4 divides every phase's images: one graph for training and one for the old model
     values = dict(num_classes=4, phases=1, batch_size=4, **CUDA)
     eager = lucir.run_incremental(tiny_config("lucir", tmp_path / "c", **values), tmp_path / "eager")
-    graphs = []
-    real = torch.compile
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
-
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, **(kw | {"backend": backend})))
-    torch._dynamo.reset()
+    graphs = _counting_compile(monkeypatch, "inductor")
     compiled = lucir.run_incremental(tiny_config("lucir", tmp_path / "c", compile=True, **values),
                                      tmp_path / "compiled")
     assert 1 <= len(graphs) <= 2

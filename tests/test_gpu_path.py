@@ -93,15 +93,15 @@ MAX_GRAPHS = 6
 WEIGHT_TOLERANCE = 1e-4
 
 
-def _counting_compile(monkeypatch) -> list:
+def _counting_compile(monkeypatch, backend_name: str = "aot_eager") -> list:
     """torch.compile with the aot_eager backend (dynamo and AOT autograd, no C++ code generation)
-    that counts the graphs it compiles; everything else as compile=true calls it."""
+    or another, that counts the graphs it compiles; everything else as compile=true calls it."""
     graphs = []
     real = torch.compile
 
     def backend(gm, example_inputs):
         graphs.append(gm)
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+        return torch._dynamo.lookup_backend(backend_name)(gm, example_inputs)
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, **(kw | {"backend": backend})))
     torch._dynamo.reset()
