@@ -18,6 +18,13 @@ class ConfigError(ValueError):
     """A bad config value; the message is one line meant for the user."""
 
 
+def one_line(error, limit: int = 400) -> str:
+    """An exception ("Type: message") or a text, on one line of at most `limit` characters: how
+    errors reach the user, study.json and the progress display."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    return " ".join(text.split())[:limit]
+
+
 def _f(default, help: str):
     """A dataclass field with its one-line meaning (shown by `python -m lucir run --help`)."""
     if isinstance(default, (list, tuple)):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, one_line
 
 CIFAR_MEAN = (0.5071, 0.4866, 0.4409)  # the official code's (docs/protocol.md, settings)
 CIFAR_STD = (0.2009, 0.1984, 0.2023)
@@ -444,7 +444,7 @@ def download_cifar100(root: Path) -> Path:
             os.replace(tmp / CIFAR100_TORCHVISION, root / CIFAR100_TORCHVISION)
         except Exception as e:  # noqa: BLE001  (no network, disk full, bad checksum: one line)
             raise DataError(f"CIFAR-100 not found in '{root}' and the download failed ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())[:200]}); offline, point at the data with "
+                            f"{one_line(str(e), 200)}); offline, point at the data with "
                             f"LUCIR_DATA=/path or --set data_dir=/path") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config, ConfigError, config_from_dict, upgrade
+from .config import Config, ConfigError, config_from_dict, one_line, upgrade
 
 try:
     import fcntl
@@ -204,7 +204,7 @@ def load_state(path: Path, what: str) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]}); delete it to train {what} again") from None
+                              f"{one_line(str(e), 200)}); delete it to train {what} again") from None
 
 
 def load_run(out_dir) -> dict:

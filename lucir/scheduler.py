@@ -40,7 +40,7 @@ from pathlib import Path
 
 from . import experiments
 from . import results as res
-from .config import Config, phase_sizes
+from .config import Config, one_line, phase_sizes
 from .data import DATASET_SIZE
 from .memory import exemplars_per_class
 
@@ -269,15 +269,13 @@ def execute_run(task: RunTask, slot: Slot) -> dict:
 
     record = {"name": task.name, "slot": slot.index, "group": slot.group, "device": slot.device,
               "threads": slot.threads, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    trainer.epoch_hook = epoch_done
     try:
         with experiments.run_lock(folder):
-            trainer.run_incremental(config, folder)
+            trainer.run_incremental(config, folder, on_epoch=epoch_done)
         record |= {"status": "done", "error": None}
     except Exception as e:  # noqa: BLE001  (a failing run must not stop the others)
-        record |= {"status": "failed", "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+        record |= {"status": "failed", "error": one_line(e)}
     finally:
-        trainer.epoch_hook = None
         progress.unlink(missing_ok=True)
     record["finished"] = time.time()
     record["seconds"] = record["finished"] - record["started"]
@@ -342,7 +340,7 @@ class LocalExecutor:
                           "error": "the worker process died (out of memory, or a crash in native code)"}
             except Exception as e:  # noqa: BLE001  (e.g. a task that could not be pickled)
                 result = {"name": task.name, "status": "failed", "slot": slot.index, "group": slot.group,
-                          "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+                          "error": one_line(e)}
             if result["status"] == "failed":
                 # A failed run can leave its process unusable (a CUDA error poisons the process's
                 # CUDA context; after running out of memory the worker keeps its cached memory):
@@ -507,7 +505,7 @@ class RayExecutor:
                 ray.shutdown()
                 if address or attempt == 2:
                     raise ExecutorError(f"Ray could not start or join the cluster: "
-                                        f"{' '.join(str(e).split())[:300]}") from None
+                                        f"{one_line(str(e), 300)}") from None
         resources = ray.cluster_resources()
         gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
         self.cpus_per_run = cpus_per_run
@@ -562,7 +560,7 @@ class RayExecutor:
                 result = self.ray.get(ref)
             except Exception as e:  # noqa: BLE001  (the task or its node died more often than Ray retries)
                 result = {"name": task.name, "status": "failed",
-                          "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+                          "error": one_line(e)}
             self.store.forget.remote(task.name)
             out.append((task, result))
         return out

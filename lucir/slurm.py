@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import results as res
+from .config import one_line
 from .scheduler import ExecutorError, RunTask, Slot, execute_run
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -161,7 +162,7 @@ class SlurmExecutor:
                 result = job.result()
             except Exception as e:  # noqa: BLE001  (the job body raised: not expected of execute_run)
                 result = {"name": task.name, "status": "failed",
-                          "error": " ".join(f"{type(e).__name__}: {e}".split())[:400]}
+                          "error": one_line(e)}
             return result | {"job": job_id}
         state = job_state(job_id)
         if state in ACTIVE:

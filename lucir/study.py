@@ -39,7 +39,7 @@ import yaml
 
 from . import experiments, provenance, scheduler
 from . import results as res
-from .config import ConfigError
+from .config import ConfigError, one_line
 
 REPO_ROOT = provenance.REPO_ROOT
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -299,7 +299,7 @@ def execute_pair(pair: Pair, results_dir: Path, reports_dir: Path) -> dict:
     except Exception as e:  # noqa: BLE001  (a failing notebook must not stop the study)
         error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}"
         return {"key": pair.key, "notebook": pair.notebook, "setting": pair.setting, "status": "failed",
-                "error": " ".join(error.split())[:400], "seconds": time.time() - tic, "executed": str(out)}
+                "error": one_line(error), "seconds": time.time() - tic, "executed": str(out)}
     seconds = time.time() - tic
     res.write_json(marker_path(results_dir, pair), {
         "notebook": pair.notebook, "setting": pair.setting, "parameters": pair.parameters,
@@ -653,7 +653,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
         for f in failures:
             print(f"  {f['key']}: {f['error']}\n    see {f['executed']}", file=sys.stderr)
     if report_error:
-        print(f"the report failed: {' '.join(report_error.split())[:400]}\n    see "
+        print(f"the report failed: {one_line(report_error)}\n    see "
               f"{reports_dir / 'executed' / (REPORT + '.ipynb')}", file=sys.stderr)
         return 1
     print(html)
@@ -763,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # the report itself failed: say where to look
         traceback.print_exc()
-        print(f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
 
 

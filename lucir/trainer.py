@@ -33,10 +33,6 @@ from .metrics import (accuracy, average_incremental_accuracy, confusion_matrix, 
 from .models import Net, Output, add_classes, build_model, imprint_weights, merge_head, weight_norms
 
 
-# Called after every training epoch as epoch_hook(desc, epoch, epochs) when set. Only lucir.scheduler's
-# worker processes set it (to show each busy worker's phase and epoch); it observes, never changes, a run.
-epoch_hook = None
-
 
 class TrainingDiverged(RuntimeError):
     """A loss turned NaN or infinite; checkpoints of finished phases are kept."""
@@ -64,8 +60,9 @@ class EpochCheckpoint:
     balanced finetune), beside the phase's own (exemplar memory, history, seconds so far).
     `resume` is what an earlier call wrote; it applies only to the same phase."""
 
-    def __init__(self, path: Path | None, every: int, phase: int, resume: dict | None = None):
+    def __init__(self, path: Path | None, every: int, phase: int, resume: dict | None = None, on_epoch=None):
         self.path = path if every > 0 else None
+        self.on_epoch = on_epoch  # run_incremental's observer, called after every epoch
         self.every, self.phase = every, phase
         self.resume = resume if resume is not None and resume.get("phase") == phase else None
         self.tic = time.time() - (self.resume["seconds"] if self.resume else 0.0)  # phase time survives a resume
@@ -252,8 +249,8 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
                 "model": _cpu_state(model), "old_model": None if old_model is None else _cpu_state(old_model),
                 "optimizer": opt.state_dict(), "scheduler": scheduler_state, "scaler": scaler.state_dict(),
                 "generator": generator.get_state(), "rng": _rng_state(device), "summary": summary})
-        if epoch_hook is not None:
-            epoch_hook(desc, epoch + 1, epochs)
+        if checkpoint is not None and checkpoint.on_epoch is not None:
+            checkpoint.on_epoch(desc, epoch + 1, epochs)
     bar.close()
     sync_module(model)  # rank 0's weights and BatchNorm statistics on every rank
     return summary
@@ -391,8 +388,10 @@ def evaluate(model: Net, data: Dataset, memory: dict, ranges: list[range], c: Co
 
 
 # --------------------------------------------------------------------------- the run
-def run_incremental(config: Config, out_dir) -> dict:
-    """Run (or resume, or just load) the whole class-incremental sequence into `out_dir`."""
+def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
+    """Run (or resume, or just load) the whole class-incremental sequence into `out_dir`.
+    `on_epoch(desc, epoch, epochs)`, when given, is called after every training epoch (the study's
+    workers report their progress with it); it observes a run, never changes it."""
     c = config
     world = launched_world_size()
     if c.batch_size % world:  # each rank takes an equal slice of every global batch
@@ -438,7 +437,7 @@ def run_incremental(config: Config, out_dir) -> dict:
         gen = torch.Generator().manual_seed(phase_seed(c.seed, t))
         classes = ranges[t]
         lam = 0.0
-        ckpt = EpochCheckpoint(epoch_file, c.checkpoint_every, t, resume if t == start else None)
+        ckpt = EpochCheckpoint(epoch_file, c.checkpoint_every, t, resume if t == start else None, on_epoch)
         ckpt.context = {"memory": memory, "history": history}
         if t == 0:
             cache = base_cache_path(c, len(classes))
@@ -455,7 +454,8 @@ def run_incremental(config: Config, out_dir) -> dict:
                     if c.cache_base:
                         partial = cache.with_name(cache.stem + ".partial.pt")
                         ckpt = EpochCheckpoint(partial, c.checkpoint_every, 0,
-                                               share(res.load_state(partial, "the base phase") if is_main() else None))
+                                               share(res.load_state(partial, "the base phase") if is_main() else None),
+                                               on_epoch)
                     train_base(model, data, classes, c, device, gen, checkpoint=ckpt)
                     if c.cache_base and is_main():
                         res.atomic_write(cache, lambda p: torch.save(model.state_dict(), p))

@@ -13,7 +13,6 @@ from PIL import Image
 
 import lucir
 from lucir import results as res
-from lucir import trainer
 from lucir.data import EncodedImages
 
 from conftest import comparable, tiny_config
@@ -51,11 +50,9 @@ def test_one_process_cuda_run_repeats_and_resumes_from_an_epoch_to_the_bit(tmp_p
         if desc.startswith("phase 1 (") and epoch == 1:
             raise Stop(desc)
 
-    monkeypatch.setattr(trainer, "epoch_hook", stop_after_first_epoch)
     with pytest.raises(Stop):
-        lucir.run_incremental(config, tmp_path / "resumed")
+        lucir.run_incremental(config, tmp_path / "resumed", on_epoch=stop_after_first_epoch)
     assert res.epoch_checkpoint_path(tmp_path / "resumed").exists()
-    monkeypatch.setattr(trainer, "epoch_hook", None)
     resumed = lucir.run_incremental(config, tmp_path / "resumed")
     assert comparable(resumed) == comparable(first)
     assert _same_weights(_weights(tmp_path / "resumed", 2), _weights(tmp_path / "first", 2))

@@ -117,9 +117,9 @@ def test_compile_over_several_phases_compiles_a_bounded_number_of_graphs_and_mat
     eager = lucir.run_incremental(tiny_config("lucir", tmp_path / "cache", **overrides), tmp_path / "eager")
     graphs = _counting_compile(monkeypatch)
     after = {}  # graphs compiled by the end of each training loop
-    monkeypatch.setattr(trainer, "epoch_hook", lambda desc, epoch, epochs: after.__setitem__(desc, len(graphs)))
     compiled = lucir.run_incremental(tiny_config("lucir", tmp_path / "cache", compile=True, **overrides),
-                                     tmp_path / "compiled")
+                                     tmp_path / "compiled",
+                                     on_epoch=lambda desc, epoch, epochs: after.__setitem__(desc, len(graphs)))
     assert 2 <= len(graphs) <= MAX_GRAPHS, f"{len(graphs)} graphs compiled"
     assert after["phase 2 CBF"] == len(graphs), after  # the last phase compiled nothing new
     assert [p["acc_cnn"] for p in compiled["phases"]] == [p["acc_cnn"] for p in eager["phases"]]

@@ -9,7 +9,6 @@ at a fixed point: in the first batch of the epoch after the epoch checkpoint nam
 so the test is deterministic and the state on disk is that of a process killed mid-epoch."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
