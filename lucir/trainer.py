@@ -33,7 +33,6 @@ from .metrics import (accuracy, average_incremental_accuracy, confusion_matrix, 
 from .models import Net, Output, add_classes, build_model, imprint_weights, merge_head, weight_norms
 
 
-
 class TrainingDiverged(RuntimeError):
     """A loss turned NaN or infinite; checkpoints of finished phases are kept."""
 
