@@ -312,9 +312,11 @@ def test_smoke_study_under_ray_matches_the_local_one(tmp_path, local_smoke):
     for name, folder in ray_runs.items():
         a, b = (json.loads((f / "metrics.json").read_text()) for f in (folder, local_runs[name]))
         assert comparable(a) == comparable(b), f"{name}: the files the Ray task returned hold the same numbers"
-        # only the newest phase checkpoint travels from a Ray task
+        # a Ray task sends only the newest phase checkpoint at each sync: the last one is there,
+        # older ones only if a sync caught them, and no epoch checkpoint is left
         newest = max(local_runs[name].glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        assert [p.name for p in folder.rglob("*.pt")] == [newest.name]
+        shipped = {p.name for p in folder.rglob("*.pt")}
+        assert newest.name in shipped and shipped <= {p.name for p in local_runs[name].rglob("*.pt")}, shipped
 
 
 def _kill_ray_task_after_phase_0(folder: Path, killed: list, deadline: float) -> None:
