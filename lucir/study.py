@@ -514,7 +514,9 @@ def gpu_profile_on_cpu(name: str, content: dict, pairs: list, results_dir: Path,
     CPU, with what that costs (the cost model at lucir/rates.json's rates, each shared base phase
     once); None otherwise, and for Ray, whose cluster has devices of its own."""
     from .device import resolve_device, unusable_gpu
-    if content.get("meant_for") != "gpu" or executor != "local" or resolve_device(device or "auto").type == "cuda":
+    if content.get("meant_for") != "gpu" or executor != "local" or (device or "").startswith("cuda"):
+        return None  # (a dry run may plan for a GPU this machine lacks)
+    if resolve_device(device or "auto").type == "cuda":
         return None
     tasks, _ = scheduler.collect_runs(pairs, results_dir)
     bases, runs = set(), []

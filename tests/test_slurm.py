@@ -87,9 +87,11 @@ def test_study_through_slurm_gives_the_numbers_of_the_local_executor(slurm_clust
 
 
 def test_a_job_killed_by_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path):
-    """A 1-minute limit on a run that needs longer: the job is told to requeue shortly before its
-    limit, stops, starts again and resumes from its epoch checkpoint; same numbers as a run that
-    was never stopped (trained here by the local executor)."""
+    """A 2-minute limit on a run that needs longer: the job is told to requeue 30 s before its limit,
+    stops, starts again and resumes from its epoch checkpoint; same numbers as a run that was never
+    stopped (trained here by the local executor). Slurm checks limits in passes of about 30 s, so
+    the signal can come that much early: with a 1-minute limit it came 6 s after the start, before
+    the job had installed its handler, and killed it."""
     long_run = {"main_curves": [{"setting": "synthetic", "phases": [2], "joint_phases": [], "seeds": [0],
                                  "methods": ["lucir"]}]}
     shared = {"train_per_class": 64, "base_epochs": 40, "base_lr_milestones": [30], "epochs": 30,
@@ -98,8 +100,8 @@ def test_a_job_killed_by_its_time_limit_is_requeued_and_resumes(slurm_cluster, t
     local = run_study("--profile", profile, "--jobs", "1", "--results", str(tmp_path / "local"), "--reports",
                       str(tmp_path / "local_reports"))
     assert local.returncode == 0, local.stderr[-3000:]
-    proc = run_study("--profile", profile, "--executor", "slurm", "--cpus-per-run", "1", "--time-limit", "1",
-                     "--signal-delay", "25", "--results", str(tmp_path / "slurm"), "--reports",
+    proc = run_study("--profile", profile, "--executor", "slurm", "--cpus-per-run", "1", "--time-limit", "2",
+                     "--signal-delay", "30", "--results", str(tmp_path / "slurm"), "--reports",
                      str(tmp_path / "slurm_reports"), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (job,) = json.loads((tmp_path / "slurm" / "study" / "slurm_jobs.json").read_text()).values()
