@@ -50,24 +50,18 @@ class SlurmRun:
         return submitit.helpers.DelayedSubmission(self, task, slot)
 
 
-def job_state(job_id: str) -> str | None:
-    """The job's state from scontrol (PENDING, RUNNING, COMPLETED, ...), None when Slurm no longer
-    knows the job (it forgets finished jobs after MinJobAge)."""
+def job_info(job_id: str) -> dict:
+    """The job's fields from `scontrol show job` (JobState: PENDING, RUNNING, COMPLETED, ...;
+    JobName, Restarts, ...); empty when Slurm no longer knows the job (it forgets finished jobs
+    after MinJobAge)."""
     proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
     if proc.returncode != 0:
-        return None
-    for field in proc.stdout.split():
-        if field.startswith("JobState="):
-            return field.split("=", 1)[1]
-    return None
+        return {}
+    return dict(field.split("=", 1) for field in proc.stdout.split() if "=" in field)
 
 
-def job_name(job_id: str) -> str | None:
-    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
-    for field in proc.stdout.split():
-        if field.startswith("JobName="):
-            return field.split("=", 1)[1]
-    return None
+def job_state(job_id: str) -> str | None:
+    return job_info(job_id).get("JobState")
 
 
 class SlurmExecutor:
@@ -122,7 +116,8 @@ class SlurmExecutor:
     def submit(self, task: RunTask) -> None:
         import submitit
         earlier = self._jobs_on_record().get(task.name)
-        if earlier and job_state(earlier) in ACTIVE and job_name(earlier) == task.name:
+        info = job_info(earlier) if earlier else {}
+        if info.get("JobState") in ACTIVE and info.get("JobName") == task.name:
             # an earlier invocation's job for this run is still queued or running: follow it
             self.running[earlier] = (task, submitit.SlurmJob(self.folder / earlier, earlier))
             return

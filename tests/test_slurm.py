@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import comparable
+from lucir.slurm import job_info
 from smoke_study import REPO, run_study
 
 SMOKE = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
@@ -60,9 +61,6 @@ def _metrics(results: Path) -> dict:
             for p in sorted((results / "runs").iterdir()) if (p / "metrics.json").exists()}
 
 
-def _scontrol(job: str) -> dict:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
-    return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
 TWO_RUNS = {"main_curves": [{"setting": "synthetic", "phases": [1], "joint_phases": [], "seeds": [0]}]}
@@ -105,7 +103,7 @@ def test_a_job_killed_by_its_time_limit_is_requeued_and_resumes(slurm_cluster, t
                      str(tmp_path / "slurm_reports"), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (job,) = json.loads((tmp_path / "slurm" / "study" / "slurm_jobs.json").read_text()).values()
-    assert int(_scontrol(job).get("Restarts", 0)) >= 1, "the job was not requeued: the run fit in its limit"
+    assert int(job_info(job).get("Restarts", 0)) >= 1, "the job was not requeued: the run fit in its limit"
     assert _metrics(tmp_path / "slurm") == _metrics(tmp_path / "local")
 
 
@@ -141,7 +139,7 @@ def test_a_second_invocation_follows_the_jobs_of_the_first(slurm_cluster, tmp_pa
     deadline = time.time() + 300
     while time.time() < deadline:
         jobs = json.loads(record.read_text()) if record.exists() else {}
-        if jobs and any(_scontrol(j).get("JobState") == "RUNNING" for j in jobs.values()):
+        if jobs and any(job_info(j).get("JobState") == "RUNNING" for j in jobs.values()):
             break
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
@@ -154,5 +152,5 @@ def test_a_second_invocation_follows_the_jobs_of_the_first(slurm_cluster, tmp_pa
     jobs_after = json.loads(record.read_text())
     followed = {n: j for n, j in jobs_after.items() if jobs_before.get(n) == j}
     assert followed, "every job was submitted again"
-    assert all(_scontrol(j).get("JobState", "COMPLETED") == "COMPLETED" for j in jobs_after.values())
+    assert all(job_info(j).get("JobState", "COMPLETED") == "COMPLETED" for j in jobs_after.values())
     assert all((results / "runs" / n / "metrics.json").exists() for n in jobs_after)
