@@ -224,7 +224,8 @@ def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
     _, _, full = study_mod.load_profile("full_cpu")
     pairs = study_mod.build_pairs(full, tmp_path, None, {})
     configs = [run.config() for p in pairs for run in p.plan]
-    assert {c.phases for c in configs} == {5, 10} and {c.memory_per_class for c in configs} == {20}
+    assert {c.phases for c in configs} == {1, 5, 10} and {c.memory_per_class for c in configs} == {5, 20}
+    assert {p.notebook for p in pairs} == set(EXPERIMENTS)  # every figure of the study at full data
     assert all(c.num_classes is None and c.train_per_class is None and c.test_per_class is None for c in configs)
     schedule = {"epochs", "lr_milestones", "base_epochs", "base_lr_milestones", "cbf_epochs", "cbf_lr_milestones"}
     assert all(set(published.setting_differences(c.to_dict())) <= schedule for c in configs)
