@@ -264,11 +264,15 @@ def execute_run(task: RunTask, slot: Slot) -> dict:
     torch.set_num_threads(slot.threads)
     progress = folder / PROGRESS_FILE
 
+    record = {"name": task.name, "slot": slot.index, "group": slot.group, "device": slot.device,
+              "threads": slot.threads, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "base_epochs_trained": 0}  # epochs of the base phase this call trained (0: loaded or done)
+
     def epoch_done(desc: str, epoch: int, epochs: int) -> None:
         res.write_json(progress, {"phase": desc, "epoch": epoch, "epochs": epochs})
+        if desc.startswith("phase 0 "):
+            record["base_epochs_trained"] += 1
 
-    record = {"name": task.name, "slot": slot.index, "group": slot.group, "device": slot.device,
-              "threads": slot.threads, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     try:
         with experiments.run_lock(folder):
             trainer.run_incremental(config, folder, on_epoch=epoch_done)
@@ -355,34 +359,65 @@ class LocalExecutor:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+BASE_MODEL, BASE_PARTIAL = "@base/model.pt", "@base/partial.pt"  # a run's base-phase files among its files
+
+
+def base_files(base: Path) -> dict:
+    """{name among a run's files: path} of a base-phase cache file and of the epoch checkpoint
+    that a base phase trained for the cache keeps beside it (lucir.trainer)."""
+    base = Path(base)
+    return {BASE_MODEL: base, BASE_PARTIAL: base.with_name(base.stem + ".partial.pt")}
+
+
 def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: int, store,
-                            sync_seconds: float = 1.0) -> dict:
+                            base: bytes | None = None, sync_seconds: float = 1.0) -> dict:
     """A Ray task's body, on whichever node it lands: write the run folder's files (those the driver
     shipped, then the newer ones the `store` actor holds from an earlier attempt of this task),
-    train there, and hand every file to the store as it is written (a FileSync thread), so that
-    the driver keeps what was trained even if this node dies."""
+    train there, and hand every file to the store as it is written (FileSync threads), so that
+    the driver keeps what was trained even if this node dies.
+
+    A run that shares a base phase uses a cache folder of its own: `base`, the trained base phase
+    (Ray's object store brings it to this node), goes there before training; a base phase trained
+    here, and its epoch checkpoint while it trains, go to the store like the run's files, and the
+    driver puts them into its cache, where the runs waiting for that base find them. No node needs
+    another node's disk."""
     import ray
     with tempfile.TemporaryDirectory(prefix="lucir-run-") as tmp:
         folder = Path(tmp) / task.name
+        config = task.config
+        names = {}
+        if task.base is not None:
+            config = replace(config, cache_dir=str(Path(tmp) / "cache"))
+            paths = base_files(base_phase_file(config))
+            names = {path.name: name for name, path in paths.items()}
+            if base is not None:
+                files = {**files, BASE_MODEL: base}
         files = {**files, **ray.get(store.files.remote(task.name))}
         for rel, data in files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
-        sync = FileSync(folder, lambda changes: ray.get(store.put.remote(task.name, changes)), sync_seconds)
+            path = paths[rel] if rel in (BASE_MODEL, BASE_PARTIAL) else folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        send = lambda changes: ray.get(store.put.remote(task.name, changes))  # noqa: E731
+        syncs = [FileSync(folder, send, sync_seconds)]
+        if names:
+            syncs.append(FileSync(next(iter(paths.values())).parent, send, sync_seconds, names.get))
         try:
-            result = execute_run(replace(task, folder=str(folder)), Slot(0, device, threads))
+            result = execute_run(replace(task, folder=str(folder), config=config), Slot(0, device, threads))
         finally:
-            sync.stop()  # the last changes reach the store before the task returns
+            for sync in syncs:
+                sync.stop()  # the last changes reach the store before the task returns
     return result
 
 
 class FileSync:
     """A thread that hands the files of a run folder to `send({relative path: bytes, or None for a
     file removed})` as they change, every `seconds` and once more at stop(): every file but the
-    phase checkpoints older than the newest (only the newest is needed to resume)."""
+    phase checkpoints older than the newest (only the newest is needed to resume). With `rename`,
+    only the files it names (rename(relative path) -> the name to send, or None) are sent."""
 
-    def __init__(self, folder: Path, send, seconds: float):
+    def __init__(self, folder: Path, send, seconds: float, rename=None):
         self.folder, self.send, self.seconds = Path(folder), send, seconds
+        self.rename = rename or (lambda rel: rel)
         self.seen = self._state()  # what the folder holds now came from the driver: not sent back
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -400,14 +435,16 @@ class FileSync:
 
     def _changes(self) -> None:
         now = self._state()
+        now = {rel: key for rel, key in now.items() if self.rename(rel) is not None}
         changes = {}
-        for rel, key in now.items():
+        for rel, key in list(now.items()):
             if self.seen.get(rel) != key:
                 try:
-                    changes[rel] = (self.folder / rel).read_bytes()
+                    changes[self.rename(rel)] = (self.folder / rel).read_bytes()
                 except FileNotFoundError:
                     now.pop(rel)
-        changes |= {rel: None for rel in self.seen if rel not in now and not rel.startswith("checkpoints/phase_")}
+        changes |= {self.rename(rel): None for rel in self.seen
+                    if rel not in now and not rel.startswith("checkpoints/phase_")}
         if changes:
             self.send(changes)
         self.seen = now
@@ -434,16 +471,20 @@ def folder_files(folder: Path, read: bool = True) -> dict:
     return {str(p.relative_to(folder)): (p.read_bytes() if read else None) for p in paths}
 
 
-def write_run_files(folder: Path, files: dict) -> None:
-    """Files of a Ray task into the run folder ({relative path: bytes, or None: remove it});
-    metrics.json last, so that a run is complete only once everything else is in place."""
+def write_run_files(folder: Path, files: dict, base: str | None = None) -> None:
+    """Files of a Ray task into the run folder ({relative path: bytes, or None: remove it}), its
+    base-phase files into the cache file `base`; metrics.json last, so that a run is complete only
+    once everything else is in place."""
     folder = Path(folder)
+    paths = base_files(base) if base is not None else {}
     for rel in sorted(files, key=lambda r: r == "metrics.json"):
-        data = files[rel]
+        data, path = files[rel], paths.get(rel, folder / rel)
+        if rel in (BASE_MODEL, BASE_PARTIAL) and base is None:
+            continue
         if data is None:
-            (folder / rel).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         else:
-            res.atomic_write(folder / rel, lambda p, d=data: Path(p).write_bytes(d))
+            res.atomic_write(path, lambda p, d=data: Path(p).write_bytes(d))
 
 
 class RunFiles:
@@ -517,7 +558,8 @@ class RayExecutor:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         self.store = ray.remote(RunFiles).options(num_cpus=0, scheduling_strategy=here).remote()
-        self.folders: dict = {}  # run name -> its folder in the results
+        self.tasks: dict = {}  # run name -> its task
+        self.bases: dict = {}  # base-phase cache file -> its bytes in the object store
         self.running: dict = {}  # object ref -> task
 
     @property
@@ -532,17 +574,27 @@ class RayExecutor:
         return self.slots - len(self.running)
 
     def submit(self, task: RunTask) -> None:
+        files, base = folder_files(Path(task.folder)), None
+        if task.base is not None:
+            model, partial = base_files(task.base).values()
+            if model.exists():  # into the object store once, to every node that runs on it
+                if task.base not in self.bases:
+                    self.bases[task.base] = self.ray.put(model.read_bytes())
+                base = self.bases[task.base]
+            elif partial.exists():  # a base phase that an earlier attempt left half-trained
+                files[BASE_PARTIAL] = partial.read_bytes()
         # max_retries: Ray starts the task again when its worker process or node dies; it then
         # resumes from the files the store holds
         ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus, max_retries=3).remote(
-            task, folder_files(Path(task.folder)), self.device, self.cpus_per_run, self.store)
-        self.folders[task.name] = task.folder
+            task, files, self.device, self.cpus_per_run, self.store, base)
+        self.tasks[task.name] = task
         self.running[ref] = task
 
     def _sync(self) -> None:
-        """Write what the tasks sent since the last call into the runs' folders."""
+        """Write what the tasks sent since the last call into the runs' folders, and the base
+        phases they trained into the cache, where the runs that wait for them find them."""
         for run, changes in self.ray.get(self.store.take.remote()).items():
-            write_run_files(Path(self.folders[run]), changes)
+            write_run_files(Path(self.tasks[run].folder), changes, self.tasks[run].base)
 
     def busy(self) -> list[tuple[str, RunTask]]:
         return [(f"ray task {k}", task) for k, task in enumerate(self.running.values())]

@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import TINY, comparable
@@ -359,6 +361,35 @@ def test_ray_task_killed_after_its_first_phase_resumes_and_keeps_that_phase(tmp_
     st = (folder / "checkpoints" / "phase_0.pt").stat()
     assert (st.st_ino, st.st_mtime_ns) == killed[0][1], "phase 0 was trained and sent again"
     assert not (folder / scheduler.PROGRESS_FILE).exists() and not res.epoch_checkpoint_path(folder).exists()
+
+
+def test_ray_trains_a_shared_base_phase_once_and_hands_it_on_as_soon_as_it_is_trained(tmp_path):
+    """Two runs share a base phase, and each Ray task has a cache folder of its own, as on nodes
+    without a shared filesystem. The leading run trains the base phase; its cache file reaches the
+    driver's cache while that run goes on, the other run starts then (before the leader ends),
+    receives the base through Ray's object store and trains no base epoch; both end with the
+    numbers of direct runs."""
+    pytest.importorskip("ray")
+    common = dict(TINY, train_per_class=24, base_epochs=2, base_lr_milestones=(1,), epochs=20, lr_milestones=(15,),
+                  cache_dir=str(tmp_path / "cache"))
+    planned = [PlannedRun("LUCIR", "lucir", dict(common, phases=p)) for p in (2, 1)]
+    direct = {p.config().phases: run_incremental(replace(p.config(), cache_dir=str(tmp_path / "direct_cache")),
+                                                 tmp_path / "direct" / str(p.config().phases)) for p in planned}
+    tasks, _ = scheduler.collect_runs([study_mod.Pair("main_curves", "x", {}, planned)], tmp_path / "results")
+    assert len({t.base for t in tasks}) == 1 and not Path(tasks[0].base).exists()
+    leader, follower = scheduler.order_runs(tasks)
+    results = scheduler.execute(tasks, scheduler.RayExecutor(device="cpu", num_cpus=2), poll=0.2)
+    lead, follow = results[leader.name], results[follower.name]
+    assert lead["status"] == follow["status"] == "done", results
+    assert (lead["base_epochs_trained"], follow["base_epochs_trained"]) == (2, 0), "the base phase was trained once"
+    assert follow["started"] < lead["finished"], "the second run waited for the whole first run"
+    assert Path(leader.base).exists() and not scheduler.base_files(leader.base)[scheduler.BASE_PARTIAL].exists()
+    trained = torch.load(leader.base, weights_only=True)
+    reference = torch.load(base_cache_path(replace(leader.config, cache_dir=str(tmp_path / "direct_cache")), 2),
+                           weights_only=True)
+    assert all(torch.equal(trained[k], reference[k]) for k in reference)
+    for task in tasks:
+        assert comparable(res.load_metrics(task.folder)) == comparable(direct[task.config.phases])
 
 
 def test_a_failing_run_under_ray_is_reported_and_the_others_finish(tmp_path):
