@@ -101,6 +101,9 @@ class Config:
                        "or too many recompiles is an error); changes float rounding, so results")
     deterministic: bool = _f(False, "GPU runs: deterministic cuDNN and torch algorithms, so a run repeats to the bit "
                              "(CPU runs always do); runtime only, slower on a GPU")
+    dist_timeout_minutes: float = _f(60.0, "torchrun runs: minutes a rank may wait in a collective (for another rank's "
+                                     "work, e.g. rank 0 waiting on the base-phase cache lock) before the job stops "
+                                     "(torch's default: 10 for nccl); runtime only")
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -313,7 +316,7 @@ def validate(c: Config) -> None:
         raise ConfigError(f"memory budget memory_per_class (R_per) must be at least 1, got {c.memory_per_class}")
     if c.memory_total is not None and c.memory_total < 1:
         raise ConfigError(f"memory budget memory_total (R_total) must be at least 1, got {c.memory_total}")
-    for name in ("lr", "cbf_lr", "eta_init"):
+    for name in ("lr", "cbf_lr", "eta_init", "dist_timeout_minutes"):
         if not getattr(c, name) > 0:
             raise ConfigError(f"field '{name}' must be positive, got {getattr(c, name)}")
     if c.base_classes < 0:

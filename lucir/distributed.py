@@ -4,13 +4,19 @@
 with DistributedDataParallel: gloo on the CPU, nccl on CUDA with each rank on the GPU of its
 LOCAL_RANK. Every rank draws the same epoch permutation from the same generator and takes its
 slice of every global batch (global batch = `batch_size`, per rank batch_size // world).
-Herding, evaluation and writing outputs happen on rank 0; `share` hands its results to the
-other ranks, so every rank holds the same exemplar memory and metrics. Without torchrun every
-function here is the identity (rank 0 of 1) and nothing is initialised.
+The forward passes over whole class sets and the test set (imprinting, herding, evaluation:
+lucir.trainer.extract) are split too: each rank computes a block of the batches (`rank_slice`)
+and every rank receives all rows in order (`gather_rows`), the numbers of one process. Herding's
+selection and the accuracies are then computed on every rank from the same features; `share`
+hands rank 0's memory and metric rows to the others, so every rank holds the same. Writing
+outputs happens on rank 0. A rank waits in a collective at most `dist_timeout_minutes` (config)
+before the job stops. Without torchrun every function here is the identity (rank 0 of 1) and
+nothing is initialised.
 """
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,16 +32,19 @@ def requested() -> bool:
     return launched_world_size() > 1
 
 
-def setup(device: torch.device) -> torch.device:
+def setup(device: torch.device, timeout_minutes: float = 60.0) -> torch.device:
     """Join the process group when launched with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA);
-    returns this rank's device (cuda:LOCAL_RANK on CUDA). A no-op without a launcher."""
+    returns this rank's device (cuda:LOCAL_RANK on CUDA). A rank waiting in a collective longer
+    than `timeout_minutes` stops the job (config `dist_timeout_minutes`; torch's default is 10
+    minutes for nccl). A no-op without a launcher."""
     if not requested():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
     return device
 
 
@@ -67,6 +76,46 @@ def share(obj):
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank_slice(items: list) -> list:
+    """This rank's contiguous block of `items`: the r-th of `world` near-equal blocks (the first
+    len % world ranks take one item more), so that the blocks joined in rank order are `items`
+    (a rank may get none). All of `items` without DDP."""
+    if not active():
+        return items
+    size, extra = divmod(len(items), world_size())
+    start = rank() * size + min(rank(), extra)
+    return items[start:start + size + (rank() < extra)]
+
+
+def _collective_device() -> torch.device:
+    """Where the collectives take tensors: this rank's GPU under nccl, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` joined along dim 0 in rank order, on every rank (all_gather): with
+    `rank_slice`, what one process computing all rows gets. The ranks may hold different numbers
+    of rows; a rank holding none may pass an empty tensor of any shape (torch.zeros(0)). Each
+    rank's rows travel padded to the longest rank's (all_gather takes equal shapes) on the device
+    the collective needs, the rank's GPU under nccl, the CPU under gloo; the result is there.
+    Without DDP, or when every rank's `t` is empty, `t` itself."""
+    if not active():
+        return t
+    metas = [None] * world_size()  # (shape, dtype) of each rank's rows, None for none
+    dist.all_gather_object(metas, (tuple(t.shape), t.dtype) if t.numel() else None)
+    full = [m for m in metas if m is not None]
+    if not full:
+        return t
+    rows = [m[0][0] if m else 0 for m in metas]
+    shape, dtype = full[0]
+    padded = torch.zeros((max(rows), *shape[1:]), dtype=dtype, device=_collective_device())
+    if t.numel():
+        padded[:len(t)] = t
+    parts = [torch.empty_like(padded) for _ in metas]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, rows)])
 
 
 def sync_module(module: torch.nn.Module) -> None:

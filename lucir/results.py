@@ -24,7 +24,7 @@ except ImportError:  # not POSIX: `locked` locks nothing
 # roundings a run of the config may take from one repetition to the next, one that repeats (as
 # `device` picks the rounding of its hardware); the run computes the same thing either way.
 RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "eval_batch_size", "workers",
-                  "checkpoint_every", "deterministic")
+                  "checkpoint_every", "deterministic", "dist_timeout_minutes")
 # Fields added after results existed, with the value that computes what runs did before them: a
 # run's name leaves them out while they hold that value, so earlier runs keep their folders.
 NEUTRAL_FIELDS = {"amp": "off", "compile": False}

@@ -24,7 +24,8 @@ from . import results as res
 from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
 from .data import Dataset, data_root, default_workers, load_dataset, phase_classes
 from .device import autocast, check_amp, grad_scaler, resolve_device, set_deterministic, unusable_gpu
-from .distributed import all_sum, barrier, is_main, launched_world_size, share, sync_module, world_size, wrap
+from .distributed import (all_sum, barrier, gather_rows, is_main, launched_world_size, rank_slice, share, sync_module,
+                          world_size, wrap)
 from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
 from .memory import class_means, exemplars_per_class, herding, nme_predict
@@ -109,17 +110,21 @@ def _set_rng_state(state: dict, device) -> None:
 def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view: str = "none",
             workers: int = 0, amp: str = "off"):
     """(features, logits) of images `idx` with test-time transforms (and `view`), in eval mode.
-    JPEG images are decoded by `workers` processes; the results reach the host in one copy."""
+    JPEG images are decoded by `workers` processes; the results reach the host in one copy.
+    Under torchrun every rank must call it: each computes a block of the batches and receives
+    the rows of all (lucir.distributed.rank_slice, gather_rows), in the order of `idx`; the
+    batches are those of one process, and so are the numbers."""
     model.eval()
     feats, logits = [], []
-    for x in images.iterate(list(idx.split(batch_size)), device, train=False, view=view, workers=workers):
+    batches = rank_slice(list(idx.split(batch_size)))
+    for x in images.iterate(batches, device, train=False, view=view, workers=workers):
         with autocast(torch.device(device), amp):
             out = model(x)
         feats.append(out.features.float())
         logits.append(out.logits.float())
-    if not feats:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(feats).cpu(), torch.cat(logits).cpu()
+    if not feats:  # no image, or none for this rank
+        feats, logits = [torch.zeros(0)], [torch.zeros(0)]
+    return gather_rows(torch.cat(feats)).cpu(), gather_rows(torch.cat(logits)).cpu()
 
 
 def compiled_backbone(model: Net):
@@ -400,7 +405,7 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
     res.prepare_out_dir(out, config)
     if res.is_complete(out):
         return res.load_metrics(out)
-    device = dist_setup(resolve_device(c.device))  # under torchrun: join the group, cuda:LOCAL_RANK
+    device = dist_setup(resolve_device(c.device), c.dist_timeout_minutes)  # under torchrun: join the group
     check_amp(c.amp, device)
     set_deterministic(c.deterministic, device)
     if c.device == "auto" and is_main() and (unusable := unusable_gpu()):
@@ -465,14 +470,15 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
         else:
             lam = train_incremental(model, data, classes, memory, c, device, gen, t, checkpoint=ckpt)
         if ckpt.stage != "cbf":
-            # herding and evaluation on rank 0 only; share() gives every rank its results
-            memory = share(update_memory(model, data, classes, memory, c, device) if is_main() else None)
+            # herding and evaluation run on every rank, each extracting its block of the features
+            # (see extract); share() gives every rank rank 0's results
+            memory = share(update_memory(model, data, classes, memory, c, device))
         if c.class_balanced_finetune and t > 0:
             ckpt.context["memory"] = memory
             class_balanced_finetune(model, data, memory, c, device, gen, t, checkpoint=ckpt)
-        entry = confusion = None
+        row, confusion = evaluate(model, data, memory, ranges[: t + 1], c, device)
+        entry = None
         if is_main():
-            row, confusion = evaluate(model, data, memory, ranges[: t + 1], c, device)
             entry = {"phase": t, "classes_seen": classes.stop, "new_classes": len(classes), **row,
                      "lambda": lam, "eta": float(model.head.eta.detach()) if model.cosine else None,
                      "exemplars": sum(len(v) for v in memory.values()), "seconds": time.time() - ckpt.tic}

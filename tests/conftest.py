@@ -83,6 +83,21 @@ def comparable(metrics: dict) -> dict:
     return out
 
 
+def phase_state(out_dir: Path, phase: int) -> dict:
+    """The checkpoint a run wrote at the end of `phase`."""
+    return torch.load(Path(out_dir) / "checkpoints" / f"phase_{phase}.pt", map_location="cpu", weights_only=False)
+
+
+def phase_model(config: lucir.Config, out_dir: Path, phase: int):
+    """(the model of a phase checkpoint as run_incremental holds it, in channels_last; the checkpoint)."""
+    from lucir.models import build_model
+    state = phase_state(out_dir, phase)
+    model = build_model(config.resolved_model, state["num_classes"], config.cosine_normalization,
+                        config.resolved_last_relu, config.eta_init)
+    model.load_state_dict(state["model"])
+    return model.to(memory_format=torch.channels_last), state
+
+
 def file_hashes(folder: Path) -> dict:
     """{relative path: sha256} of every file under `folder`, to show that nothing was written."""
     import hashlib

@@ -4,7 +4,9 @@
 
 Writes RECORD_DIR/rank<r>.json: everything rank 0 shared with the ranks (exemplar memory, metric
 rows, the base-cache decision) as this rank received it, a digest of this rank's model after
-every training call (weights and BatchNorm statistics), and the metrics run_incremental returned.
+every training call (weights and BatchNorm statistics), for every feature extraction the number
+of batches in all and this rank's block of them (rank_slice), and the metrics run_incremental
+returned.
 tests/test_distributed.py compares the ranks' files.
 """
 import hashlib
@@ -26,13 +28,19 @@ def model_digest(model) -> str:
 
 def main() -> int:
     record_dir, argv = Path(sys.argv[1]), sys.argv[2:]
-    record = {"shared": [], "models": [], "metrics": None}
+    record = {"shared": [], "models": [], "slices": [], "metrics": None}
     real_share, real_train, real_run = trainer.share, trainer.train_epochs, trainer.run_incremental
+    real_slice = trainer.rank_slice
 
     def share(obj):
         got = real_share(obj)
         record["shared"].append(repr(got))
         return got
+
+    def rank_slice(items):
+        mine = real_slice(items)
+        record["slices"].append([len(items), len(mine)])
+        return mine
 
     def train_epochs(model, *args, **kwargs):
         summary = real_train(model, *args, **kwargs)
@@ -45,6 +53,7 @@ def main() -> int:
         return metrics
 
     trainer.share, trainer.train_epochs, trainer.run_incremental = share, train_epochs, run_incremental
+    trainer.rank_slice = rank_slice
     rc = cli.main(argv)
     record_dir.mkdir(parents=True, exist_ok=True)
     (record_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record))

@@ -59,6 +59,7 @@ def test_string_values_are_parsed_to_field_types():
     (dict(epochs=None), ["epochs", "None"]),
     (dict(epochs=0), ["epochs", "at least 1"]),
     (dict(lr=0), ["lr", "positive"]),
+    (dict(dist_timeout_minutes=0), ["dist_timeout_minutes", "positive"]),
     (dict(memory_per_class=0), ["memory_per_class", "at least 1"]),
     (dict(memory_total=0), ["memory_total", "at least 1"]),
     (dict(num_classes=100, base_classes=50, phases=3), ["3 phases do not divide the 50 classes"]),

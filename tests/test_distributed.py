@@ -1,26 +1,37 @@
 """One run on two processes (torchrun, DistributedDataParallel over gloo on the CPU): it
-completes, every rank ends with rank 0's exemplar memory, metrics and model, and a killed run
-resumes to the phases of an uninterrupted one. Each launch takes some seconds (two processes
-import torch and join a process group)."""
+completes, every rank ends with rank 0's exemplar memory, metrics and model, a killed run
+resumes to the phases of an uninterrupted one, the feature extraction of herding and evaluation
+is split over the ranks and gives one process's exemplars and accuracies to the bit. Each launch
+takes some seconds (two processes import torch and join a process group)."""
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import comparable
+import lucir
+from lucir import distributed
+from lucir import results as res
+from lucir import trainer
+from lucir.config import phase_sizes
+from lucir.data import load_dataset, phase_classes
+
+from conftest import comparable, phase_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # small: 6 synthetic classes, base 2 + 2 phases; incremental phases long enough (epochs) for the
-# kill below to land inside phase 1; global batch 16 = 8 per rank
+# kill below to land inside phase 1; global batch 16 = 8 per rank. Extraction batches of 7 images:
+# the 48 images of two classes make 7 batches, 4 for rank 0 and 3 for rank 1 (rows of unequal
+# length to gather), and the 4 exemplars of phase 0 one batch, none for rank 1.
 SETTINGS = dict(dataset="synthetic", num_classes=6, base_classes=2, phases=2, train_per_class=24, test_per_class=4,
-                base_epochs=1, epochs=12, lr_milestones="8", batch_size=16, memory_per_class=2, eval_batch_size=64,
+                base_epochs=1, epochs=12, lr_milestones="8", batch_size=16, memory_per_class=2, eval_batch_size=7,
                 device="cpu", progress="false", cache_base="false")
 
 
@@ -111,3 +122,62 @@ def test_batch_size_that_does_not_divide_by_the_ranks_is_a_one_line_error(tmp_pa
     assert proc.returncode != 0
     assert "error: batch_size = 15 does not divide by the 2 processes of torchrun" in proc.stderr
     assert not (tmp_path / "run").exists()  # rejected before anything is written
+
+
+def test_dist_timeout_minutes_is_the_process_groups_timeout(monkeypatch, tmp_path):
+    """A run under torchrun joins its process group with the config's `dist_timeout_minutes`, a
+    runtime field (it names no run); without torchrun nothing is initialised."""
+    joined = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.update(kw))
+    distributed.setup(torch.device("cpu"), 5)
+    assert joined == {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    distributed.setup(torch.device("cpu"), 5)
+    assert joined == {"backend": "gloo", "timeout": timedelta(minutes=5)}
+
+    class Joined(Exception):
+        pass
+
+    def setup(device, timeout_minutes):
+        joined["run"] = timeout_minutes
+        raise Joined
+    monkeypatch.setattr(trainer, "dist_setup", setup)
+    config = lucir.make_config("smoke", **(SETTINGS | {"cache_dir": str(tmp_path), "dist_timeout_minutes": "90"}))
+    with pytest.raises(Joined):
+        lucir.run_incremental(config, tmp_path / "run")
+    assert joined["run"] == 90.0
+    assert res.run_identity(config) == res.run_identity(lucir.make_config("smoke", **SETTINGS))
+
+
+def test_ranks_split_every_feature_extraction(ddp_run):
+    """Imprinting, herding and evaluation hand each rank its block of the batches (rank_slice):
+    together the ranks take every batch once, and rank 1 works whenever there are two or more."""
+    _, rank0, rank1 = ddp_run
+    # per phase: imprinting (phases 1, 2), herding, evaluation (test set, exemplars, their second view)
+    assert len(rank0["slices"]) == 3 * 4 + 2 and len(rank1["slices"]) == len(rank0["slices"])
+    for (total, mine0), (total1, mine1) in zip(rank0["slices"], rank1["slices"]):
+        assert total == total1 and mine0 + mine1 == total and mine0 - mine1 in (0, 1)
+    assert [7, 4] in rank0["slices"] and [1, 1] in rank0["slices"]  # rows of unequal length; none for rank 1
+
+
+def test_two_ranks_herd_and_evaluate_as_one_process(ddp_run):
+    """What exactly compares: from the models the two-rank run saved, this process (no torchrun)
+    herds the exemplars the ranks herded and measures the accuracies they measured, to the bit.
+    Training itself differs under DDP (per-rank BatchNorm on the CPU), hence the run's own models;
+    the smoke preset has no class-balanced finetune, so a phase's saved model is the one that
+    herded."""
+    out, _, _ = ddp_run
+    c = res.load_config(out)
+    assert not c.class_balanced_finetune
+    data = load_dataset(c)
+    ranges = phase_classes(phase_sizes(len(data.class_names), c.base_classes, c.phases))
+    metrics = json.loads((out / "metrics.json").read_text())
+    memory = {}
+    for t, classes in enumerate(ranges):
+        model, state = phase_model(c, out, t)
+        memory = trainer.update_memory(model, data, classes, memory, c, "cpu")
+        assert memory == state["memory"], f"phase {t}: herding"
+        row, _ = trainer.evaluate(model, data, memory, ranges[: t + 1], c, "cpu")
+        # metrics.json writes NaN (no old classes in phase 0) as null
+        assert res._nan_to_none(row) == {k: metrics["phases"][t][k] for k in row}, f"phase {t}: accuracies"

@@ -15,25 +15,13 @@ import torch
 import lucir
 from lucir import losses, results, trainer
 from lucir.data import load_dataset
-from lucir.models import Output, build_model
+from lucir.models import Output
 
-from conftest import TINY, comparable, file_hashes, tiny_config
-
-
-def _state(out_dir, phase):
-    return torch.load(out_dir / "checkpoints" / f"phase_{phase}.pt", map_location="cpu", weights_only=False)
+from conftest import TINY, comparable, file_hashes, phase_model, phase_state, tiny_config
 
 
 def _same_model(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _phase_model(config, out_dir, phase):
-    state = _state(out_dir, phase)
-    model = build_model(config.resolved_model, state["num_classes"], config.cosine_normalization,
-                        config.resolved_last_relu, config.eta_init)
-    model.load_state_dict(state["model"])
-    return model, state
 
 
 # --------------------------------------------------------------------------- outputs of one run
@@ -86,13 +74,13 @@ def test_metrics_csv_is_long_format(reference_run):
 def test_checkpoints_hold_model_memory_and_history(reference_run):
     config, out, metrics = reference_run
     for t, n in enumerate([2, 4, 6]):
-        state = _state(out, t)
+        state = phase_state(out, t)
         assert state["phase"] == t and state["num_classes"] == n
         assert state["model"]["head.weight"].shape == (n, 64)
         assert sorted(state["memory"]) == list(range(n))
         assert len(state["history"]) == t + 1
     data = load_dataset(config)
-    memory = _state(out, 2)["memory"]
+    memory = phase_state(out, 2)["memory"]
     for cls, idx in memory.items():
         assert len(idx) == config.memory_per_class == len(set(idx))  # R_per exemplars per class
         assert all(int(data.train_labels[i]) == cls for i in idx)
@@ -111,13 +99,13 @@ def test_eta_is_learnt(reference_run):
     etas = [p["eta"] for p in metrics["phases"]]
     assert all(e is not None for e in etas)
     assert etas[0] != 1.0  # moved from its initial value
-    assert _state(out, 2)["model"]["head.eta"].item() == pytest.approx(etas[-1])
+    assert phase_state(out, 2)["model"]["head.eta"].item() == pytest.approx(etas[-1])
 
 
 def test_old_class_embeddings_are_fixed_in_incremental_phases(reference_run):
     # Sec. 3.3: less-forget keeps the old-class embeddings fixed (no step, no weight decay)
     _, out, _ = reference_run
-    w0, w1, w2 = (_state(out, t)["model"]["head.weight"] for t in range(3))
+    w0, w1, w2 = (phase_state(out, t)["model"]["head.weight"] for t in range(3))
     assert torch.equal(w1[:2], w0)
     assert torch.equal(w2[:4], w1)
 
@@ -125,7 +113,7 @@ def test_old_class_embeddings_are_fixed_in_incremental_phases(reference_run):
 def test_old_embeddings_move_without_less_forget(tmp_path):
     out = tmp_path / "cn"
     lucir.run_incremental(tiny_config("cn", tmp_path / "cache", epochs=1), out)
-    w0, w1 = (_state(out, t)["model"]["head.weight"] for t in range(2))
+    w0, w1 = (phase_state(out, t)["model"]["head.weight"] for t in range(2))
     assert not torch.equal(w1[:2], w0)
 
 
@@ -137,15 +125,15 @@ def test_same_seeds_give_identical_runs(reference_run, tmp_path):
     torch.rand(100)
     again = lucir.run_incremental(tiny_config("lucir", tmp_path / "cache", cache_base=False), tmp_path / "again")
     assert comparable(again) == comparable(metrics)
-    assert _same_model(_state(tmp_path / "again", 2)["model"], _state(out, 2)["model"])
+    assert _same_model(phase_state(tmp_path / "again", 2)["model"], phase_state(out, 2)["model"])
 
 
 def test_other_run_seed_gives_other_weights(reference_run, tmp_path):
     _, out, _ = reference_run
     lucir.run_incremental(tiny_config("lucir", tmp_path / "cache", seed=1, phases=1, num_classes=4),
                           tmp_path / "seed1")
-    assert not torch.equal(_state(tmp_path / "seed1", 0)["model"]["head.weight"],
-                           _state(out, 0)["model"]["head.weight"])
+    assert not torch.equal(phase_state(tmp_path / "seed1", 0)["model"]["head.weight"],
+                           phase_state(out, 0)["model"]["head.weight"])
 
 
 class Interrupt(Exception):
@@ -195,7 +183,7 @@ def test_interrupted_run_resumes_to_identical_metrics(reference_run, tmp_path, m
     resumed = lucir.run_incremental(c, out)
     assert calls == [1, 2]
     assert comparable(resumed) == comparable(metrics)
-    assert _same_model(_state(out, 2)["model"], _state(ref_out, 2)["model"])
+    assert _same_model(phase_state(out, 2)["model"], phase_state(ref_out, 2)["model"])
 
 
 def test_completed_run_is_not_retrained(reference_run, monkeypatch):
@@ -259,7 +247,7 @@ def test_divergence_stops_and_keeps_finished_checkpoints(reference_run, tmp_path
         lucir.run_incremental(config, out)
     assert not (out / "checkpoints" / "phase_2.pt").exists()
     for t in (0, 1):  # the finished phases are intact and equal to the uninterrupted run's
-        assert _same_model(_state(out, t)["model"], _state(ref_out, t)["model"])
+        assert _same_model(phase_state(out, t)["model"], phase_state(ref_out, t)["model"])
     assert json.loads((out / "metrics.json").read_text())["complete"] is False
     monkeypatch.setattr(trainer, "batch_loss", real)
     assert comparable(lucir.run_incremental(config, out)) == comparable(metrics)
@@ -278,7 +266,7 @@ def test_base_phase_cache_is_reused_across_incremental_settings(reference_run, t
     monkeypatch.setattr(trainer, "train_base", lambda *a, **k: pytest.fail("the cached base phase was retrained"))
     c = tiny_config("lucir", config.cache_dir, lambda_base=2.0, memory_per_class=3, inter_class_separation=False)
     other = lucir.run_incremental(c, tmp_path / "other")
-    assert _same_model(_state(tmp_path / "other", 0)["model"], _state(ref_out, 0)["model"])
+    assert _same_model(phase_state(tmp_path / "other", 0)["model"], phase_state(ref_out, 0)["model"])
     assert other["phases"][0]["acc_cnn"] == metrics["phases"][0]["acc_cnn"]
     assert other["phases"][1]["lambda"] == pytest.approx(2.0)  # 2 sqrt(2/2)
 
@@ -340,7 +328,7 @@ def test_fixed_total_memory_stays_within_budget(tmp_path):
     metrics = lucir.run_incremental(tiny_config("lucir", tmp_path / "cache", memory_total=10, epochs=1), out)
     # 10 // 2 = 5 per class, then 10 // 4 = 2, then 10 // 6 = 1
     assert [p["exemplars"] for p in metrics["phases"]] == [10, 8, 6]
-    memories = [_state(out, t)["memory"] for t in range(3)]
+    memories = [phase_state(out, t)["memory"] for t in range(3)]
     assert [sorted({len(v) for v in m.values()}) for m in memories] == [[5], [2], [1]]
     for t in (1, 2):
         for cls, idx in memories[t].items():
@@ -366,7 +354,7 @@ def test_class_balanced_finetune_runs_after_each_incremental_phase(tmp_path, mon
 
 def test_class_balanced_finetune_trains_only_the_classifier(reference_run):
     config, out, _ = reference_run
-    model, state = _phase_model(config, out, 2)
+    model, state = phase_model(config, out, 2)
     data = load_dataset(config)
     c = tiny_config("cn_lc_is_cbf", config.cache_dir, cbf_epochs=2, cbf_lr=0.5)
     backbone = copy.deepcopy(model.backbone.state_dict())
@@ -380,7 +368,7 @@ def test_class_balanced_finetune_trains_only_the_classifier(reference_run):
 # --------------------------------------------------------------------------- trainer pieces
 def test_new_class_weights_are_imprinted(reference_run, monkeypatch):
     config, out, _ = reference_run
-    model, state = _phase_model(config, out, 0)
+    model, state = phase_model(config, out, 0)
     data = load_dataset(config)
     old_w = model.head.weight.detach().clone()
     # features of the new classes 2 and 3 under the phase-0 model, test-time transform
