@@ -529,6 +529,14 @@ def gpu_profile_on_cpu(name: str, content: dict, pairs: list, results_dir: Path,
             f"{f' ({why})' if why else ''}: {scheduler.cpu_instead_of_gpu(runs)}")
 
 
+def kernels_import_this_package() -> None:
+    """The notebooks' kernels (started with this process's environment) import the lucir that this
+    runner imported, not whichever copy `pip install -e` last pointed at (another clone, say)."""
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
 def run_study(profile: str, results: str | None = None, reports: str | None = None, only: list[str] | None = None,
               jobs: int | None = None, device: str | None = None, cache_dir: str | None = None, progress: bool = True,
               executor: str = "local", runs_per_gpu: int = 1, address: str | None = None,
@@ -545,6 +553,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     for var in ("LUCIR_DATA", "LUCIR_CACHE"):
         if os.environ.get(var):
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    kernels_import_this_package()
     cache_dir = str(Path(cache_dir).expanduser().resolve()) if cache_dir else None
     runtime = {"progress": False} | ({"device": device} if device else {}) | (
         {"cache_dir": cache_dir} if cache_dir else {})

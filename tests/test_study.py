@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +403,18 @@ def test_relative_data_folder_is_made_absolute_for_the_kernels(monkeypatch, tmp_
     with pytest.raises(study_mod.StudyError):
         study_mod.run_study("smoke", results=str(tmp_path / "r"), reports=str(tmp_path / "p"), only=["no_such_notebook"])
     assert os.environ["LUCIR_DATA"] == str((tmp_path / "../some/data").resolve())
+
+
+def test_kernels_import_the_runners_package_not_another_copy(monkeypatch, tmp_path):
+    """Another copy of lucir on the path (another clone's, say) loses to the runner's own in the
+    environment the notebooks' kernels start with."""
+    import os
+    other = tmp_path / "other_clone" / "lucir"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other.parent))
+    study_mod.kernels_import_this_package()
+    where = subprocess.run([sys.executable, "-c", "import lucir; print(lucir.__file__)"], cwd=tmp_path,
+                           env=dict(os.environ), capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where) == REPO / "lucir" / "__init__.py"
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[1:] == [str(other.parent)]
