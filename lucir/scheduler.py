@@ -434,8 +434,7 @@ class FileSync:
         return state
 
     def _changes(self) -> None:
-        now = self._state()
-        now = {rel: key for rel, key in now.items() if self.rename(rel) is not None}
+        now = {rel: key for rel, key in self._state().items() if self.rename(rel) is not None}
         changes = {}
         for rel, key in list(now.items()):
             if self.seen.get(rel) != key:
