@@ -364,9 +364,9 @@ BASE_MODEL, BASE_PARTIAL = "@base/model.pt", "@base/partial.pt"  # a run's base-
 
 def base_files(base: Path) -> dict:
     """{name among a run's files: path} of a base-phase cache file and of the epoch checkpoint
-    that a base phase trained for the cache keeps beside it (lucir.trainer)."""
-    base = Path(base)
-    return {BASE_MODEL: base, BASE_PARTIAL: base.with_name(base.stem + ".partial.pt")}
+    that a base phase trained for the cache keeps beside it."""
+    from .trainer import base_partial_path
+    return {BASE_MODEL: Path(base), BASE_PARTIAL: base_partial_path(Path(base))}
 
 
 def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: int, store,
@@ -400,7 +400,7 @@ def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: in
         send = lambda changes: ray.get(store.put.remote(task.name, changes))  # noqa: E731
         syncs = [FileSync(folder, send, sync_seconds)]
         if names:
-            syncs.append(FileSync(next(iter(paths.values())).parent, send, sync_seconds, names.get))
+            syncs.append(FileSync(paths[BASE_MODEL].parent, send, sync_seconds, names.get))
         try:
             result = execute_run(replace(task, folder=str(folder), config=config), Slot(0, device, threads))
         finally:

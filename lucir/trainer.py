@@ -284,6 +284,12 @@ def base_cache_path(c: Config, first_classes: int) -> Path:
     return root / "base" / f"{c.dataset}-{c.resolved_model}-{digest}.pt"
 
 
+def base_partial_path(cache: Path) -> Path:
+    """The epoch checkpoint that a base phase trained for the cache keeps beside its cache file
+    while it trains (removed once the cache file is written)."""
+    return cache.with_name(cache.stem + ".partial.pt")
+
+
 def train_base(model: Net, data: Dataset, classes: range, c: Config, device, gen,
                checkpoint: EpochCheckpoint | None = None) -> None:
     idx = torch.nonzero(data.train_labels < classes.stop).flatten()
@@ -456,7 +462,7 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
                     model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
                 else:
                     if c.cache_base:
-                        partial = cache.with_name(cache.stem + ".partial.pt")
+                        partial = base_partial_path(cache)
                         ckpt = EpochCheckpoint(partial, c.checkpoint_every, 0,
                                                share(res.load_state(partial, "the base phase") if is_main() else None),
                                                on_epoch)
