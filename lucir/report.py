@@ -752,3 +752,16 @@ def headline_markdown(headline: pd.DataFrame) -> str:
             cells.append(f"{p.published.iloc[0]:.2f}" if len(p) else "—")
         lines.append(f"| {phases} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def claims_markdown(claims_table: pd.DataFrame) -> str:
+    """reports/<profile>/claims.csv as the README's table: one row per check of the paper's
+    claims. A column whose filled cells are all alike (seed noise "unknown: 1 run" in a one-seed
+    study) is left out; the README's text says what it held."""
+    claims_table = claims_table.fillna("")  # an empty cell (no seed noise to tell) reads back as NaN
+    keep = [c for c in claims_table.columns
+            if c in ("check", "holds") or claims_table[c][claims_table[c] != ""].nunique() > 1]
+    lines = ["| " + " | ".join(keep) + " |", "|---" * len(keep) + "|"]
+    for _, row in claims_table[keep].iterrows():
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
