@@ -495,7 +495,8 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
 def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu: int, address: str | None,
                   cpus_per_run: int, results_dir: Path | None = None, slurm: dict | None = None):
     if kind == "ray":
-        return scheduler.RayExecutor(address, device, runs_per_gpu, cpus_per_run)
+        from .ray_executor import RayExecutor
+        return RayExecutor(address, device, runs_per_gpu, cpus_per_run)
     if kind == "slurm":
         from dataclasses import fields
 

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import TINY, comparable
 from lucir import results as res
-from lucir import run_incremental, scheduler
+from lucir import ray_executor, run_incremental, scheduler
 from lucir import study as study_mod
 from lucir.experiments import PlannedRun
 from lucir.trainer import base_cache_path
@@ -349,7 +349,7 @@ def test_ray_task_killed_after_its_first_phase_resumes_and_keeps_that_phase(tmp_
     pair = study_mod.Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
     tasks, _ = scheduler.collect_runs([pair], tmp_path / "results")
     folder, killed = Path(tasks[0].folder), []
-    executor = scheduler.RayExecutor(device="cpu", num_cpus=1)
+    executor = ray_executor.RayExecutor(device="cpu", num_cpus=1)
     killer = threading.Thread(target=_kill_ray_task_after_phase_0, args=(folder, killed, time.time() + 600))
     killer.start()
     results = scheduler.execute(tasks, executor, poll=0.2)
@@ -378,12 +378,12 @@ def test_ray_trains_a_shared_base_phase_once_and_hands_it_on_as_soon_as_it_is_tr
     tasks, _ = scheduler.collect_runs([study_mod.Pair("main_curves", "x", {}, planned)], tmp_path / "results")
     assert len({t.base for t in tasks}) == 1 and not Path(tasks[0].base).exists()
     leader, follower = scheduler.order_runs(tasks)
-    results = scheduler.execute(tasks, scheduler.RayExecutor(device="cpu", num_cpus=2), poll=0.2)
+    results = scheduler.execute(tasks, ray_executor.RayExecutor(device="cpu", num_cpus=2), poll=0.2)
     lead, follow = results[leader.name], results[follower.name]
     assert lead["status"] == follow["status"] == "done", results
     assert (lead["base_epochs_trained"], follow["base_epochs_trained"]) == (2, 0), "the base phase was trained once"
     assert follow["started"] < lead["finished"], "the second run waited for the whole first run"
-    assert Path(leader.base).exists() and not scheduler.base_files(leader.base)[scheduler.BASE_PARTIAL].exists()
+    assert Path(leader.base).exists() and not ray_executor.base_files(leader.base)[ray_executor.BASE_PARTIAL].exists()
     trained = torch.load(leader.base, weights_only=True)
     reference = torch.load(base_cache_path(replace(leader.config, cache_dir=str(tmp_path / "direct_cache")), 2),
                            weights_only=True)

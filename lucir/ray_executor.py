@@ -1,0 +1,287 @@
+"""The study's Ray executor: each run a Ray task asking for its CPUs and 1/K of a GPU.
+
+No shared filesystem is assumed: the task trains into a temporary folder on its node and sends the
+run folder's files, as they are written (only the newest phase checkpoint), to an actor on the
+driver's node (`RunFiles`); the driver writes them into results_dir/runs/<name>/ at every poll. A
+task whose worker or node dies is started again by Ray and resumes from those files. The
+base-phase cache is per node: a trained base phase travels through Ray's object store, and one
+being trained travels back to the driver's cache with the run's files.
+
+The worker body is the local executor's `execute_run`, so the numbers are those of a run by hand
+with the same threads.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from . import results as res
+from .config import one_line
+from .scheduler import ExecutorError, RunTask, Slot, base_phase_file, cpu_threads, execute_run
+
+
+BASE_MODEL, BASE_PARTIAL = "@base/model.pt", "@base/partial.pt"  # a run's base-phase files among its files
+
+
+def base_files(base: Path) -> dict:
+    """{name among a run's files: path} of a base-phase cache file and of the epoch checkpoint
+    that a base phase trained for the cache keeps beside it."""
+    from .trainer import base_partial_path
+    return {BASE_MODEL: Path(base), BASE_PARTIAL: base_partial_path(Path(base))}
+
+
+def run_in_temporary_folder(task: RunTask, files: dict, device: str, threads: int, store,
+                            base: bytes | None = None, sync_seconds: float = 1.0) -> dict:
+    """A Ray task's body, on whichever node it lands: write the run folder's files (those the driver
+    shipped, then the newer ones the `store` actor holds from an earlier attempt of this task),
+    train there, and hand every file to the store as it is written (FileSync threads), so that
+    the driver keeps what was trained even if this node dies.
+
+    A run that shares a base phase uses a cache folder of its own: `base`, the trained base phase
+    (Ray's object store brings it to this node), goes there before training; a base phase trained
+    here, and its epoch checkpoint while it trains, go to the store like the run's files, and the
+    driver puts them into its cache, where the runs waiting for that base find them. No node needs
+    another node's disk."""
+    import ray
+    with tempfile.TemporaryDirectory(prefix="lucir-run-") as tmp:
+        folder = Path(tmp) / task.name
+        config = task.config
+        names = {}
+        if task.base is not None:
+            config = replace(config, cache_dir=str(Path(tmp) / "cache"))
+            paths = base_files(base_phase_file(config))
+            names = {path.name: name for name, path in paths.items()}
+            if base is not None:
+                files = {**files, BASE_MODEL: base}
+        files = {**files, **ray.get(store.files.remote(task.name))}
+        for rel, data in files.items():
+            path = paths[rel] if rel in (BASE_MODEL, BASE_PARTIAL) else folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        send = lambda changes: ray.get(store.put.remote(task.name, changes))  # noqa: E731
+        syncs = [FileSync(folder, send, sync_seconds)]
+        if names:
+            syncs.append(FileSync(paths[BASE_MODEL].parent, send, sync_seconds, names.get))
+        try:
+            result = execute_run(replace(task, folder=str(folder), config=config), Slot(0, device, threads))
+        finally:
+            for sync in syncs:
+                sync.stop()  # the last changes reach the store before the task returns
+    return result
+
+
+class FileSync:
+    """A thread that hands the files of a run folder to `send({relative path: bytes, or None for a
+    file removed})` as they change, every `seconds` and once more at stop(): every file but the
+    phase checkpoints older than the newest (only the newest is needed to resume). With `rename`,
+    only the files it names (rename(relative path) -> the name to send, or None) are sent."""
+
+    def __init__(self, folder: Path, send, seconds: float, rename=None):
+        self.folder, self.send, self.seconds = Path(folder), send, seconds
+        self.rename = rename or (lambda rel: rel)
+        self.seen = self._state()  # what the folder holds now came from the driver: not sent back
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _state(self) -> dict:
+        state = {}
+        for rel in folder_files(self.folder, read=False):
+            try:
+                st = (self.folder / rel).stat()
+            except FileNotFoundError:  # replaced or removed meanwhile: the next pass sees it
+                continue
+            state[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return state
+
+    def _changes(self) -> None:
+        now = {rel: key for rel, key in self._state().items() if self.rename(rel) is not None}
+        changes = {}
+        for rel, key in list(now.items()):
+            if self.seen.get(rel) != key:
+                try:
+                    changes[self.rename(rel)] = (self.folder / rel).read_bytes()
+                except FileNotFoundError:
+                    now.pop(rel)
+        changes |= {self.rename(rel): None for rel in self.seen
+                    if rel not in now and not rel.startswith("checkpoints/phase_")}
+        if changes:
+            self.send(changes)
+        self.seen = now
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.seconds):
+            self._changes()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self._changes()
+
+
+def folder_files(folder: Path, read: bool = True) -> dict:
+    """The files a run needs to resume elsewhere ({relative path: bytes}, or the paths alone
+    without `read`): all but the phase checkpoints before the newest one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    checkpoints = sorted(folder.glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    skip = set(checkpoints[:-1])
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in skip and not p.name.startswith(".")]
+    return {str(p.relative_to(folder)): (p.read_bytes() if read else None) for p in paths}
+
+
+def write_run_files(folder: Path, files: dict, base: str | None = None) -> None:
+    """Files of a Ray task into the run folder ({relative path: bytes, or None: remove it}), its
+    base-phase files into the cache file `base`; metrics.json last, so that a run is complete only
+    once everything else is in place."""
+    folder = Path(folder)
+    paths = base_files(base) if base is not None else {}
+    for rel in sorted(files, key=lambda r: r == "metrics.json"):
+        data, path = files[rel], paths.get(rel, folder / rel)
+        if rel in (BASE_MODEL, BASE_PARTIAL) and base is None:
+            continue
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            res.atomic_write(path, lambda p, d=data: Path(p).write_bytes(d))
+
+
+class RunFiles:
+    """A Ray actor on the driver's node holding what running tasks wrote: `pending`, the changes
+    the driver has not yet written into the results folder, and `latest`, the newest files of
+    each run, for a task that Ray starts again after its worker or node died. Only a run's newest
+    phase checkpoint is kept."""
+
+    def __init__(self):
+        self.pending: dict = {}
+        self.latest: dict = {}
+
+    def put(self, run: str, changes: dict) -> None:
+        latest = self.latest.setdefault(run, {})
+        for rel, data in changes.items():
+            if rel.startswith("checkpoints/phase_") and data is not None:
+                for old in [r for r in latest if r.startswith("checkpoints/phase_")]:
+                    del latest[old]
+            if data is None:
+                latest.pop(rel, None)
+            else:
+                latest[rel] = data
+            self.pending.setdefault(run, {})[rel] = data
+
+    def take(self) -> dict:
+        out, self.pending = self.pending, {}
+        return out
+
+    def files(self, run: str) -> dict:
+        return dict(self.latest.get(run, {}))
+
+    def forget(self, run: str) -> None:
+        self.latest.pop(run, None)
+
+
+class RayExecutor:
+    """Each run a Ray task asking for `cpus_per_run` CPUs and, where the cluster has GPUs and the
+    device is not cpu, 1/runs_per_gpu of a GPU. Without `address`, ray.init() starts a small local
+    cluster (every core of this machine); with one, it joins that cluster."""
+    name = "ray"
+    reports_epochs = True  # progress.json reaches the driver's folder with the other files
+
+    def __init__(self, address: str | None = None, device: str | None = None, runs_per_gpu: int = 1,
+                 cpus_per_run: int = 1, num_cpus: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError('--executor ray needs Ray: pip install -e ".[ray]"') from None
+        self.ray = ray
+        for attempt in range(3):  # a busy machine can miss Ray's fixed 30 s wait for a local raylet
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:  # a busy machine can take over Ray's default 30 s to start the local raylet
+                    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+                    ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
+                break
+            except Exception as e:  # noqa: BLE001  (Ray raises plain Exception for a slow start)
+                ray.shutdown()
+                if address or attempt == 2:
+                    raise ExecutorError(f"Ray could not start or join the cluster: "
+                                        f"{one_line(str(e), 300)}") from None
+        resources = ray.cluster_resources()
+        gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
+        self.cpus_per_run = cpus_per_run
+        self.num_gpus = 1.0 / runs_per_gpu if gpus else 0
+        self.device = "cuda" if gpus else "cpu"
+        self.slots = gpus * runs_per_gpu if gpus else max(1, int(resources.get("CPU", 1)) // cpus_per_run)
+        self.remote = ray.remote(run_in_temporary_folder)
+        # on the driver's node, so that what the tasks send survives the loss of any other node
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.store = ray.remote(RunFiles).options(num_cpus=0, scheduling_strategy=here).remote()
+        self.tasks: dict = {}  # run name -> its task
+        self.bases: dict = {}  # base-phase cache file -> its bytes in the object store
+        self.running: dict = {}  # object ref -> task
+
+    @property
+    def capacity(self) -> int:
+        return self.slots
+
+    def describe(self) -> str:
+        per_run = f"{self.cpus_per_run} CPU(s)" + (f" and {self.num_gpus:g} GPU" if self.num_gpus else "")
+        return f"executor ray: up to {self.slots} run(s) at once, each asking for {per_run}"
+
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def submit(self, task: RunTask) -> None:
+        files, base = folder_files(Path(task.folder)), None
+        if task.base is not None:
+            model, partial = base_files(task.base).values()
+            if model.exists():  # into the object store once, to every node that runs on it
+                if task.base not in self.bases:
+                    self.bases[task.base] = self.ray.put(model.read_bytes())
+                base = self.bases[task.base]
+            elif partial.exists():  # a base phase that an earlier attempt left half-trained
+                files[BASE_PARTIAL] = partial.read_bytes()
+        # max_retries: Ray starts the task again when its worker process or node dies; it then
+        # resumes from the files the store holds
+        ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus, max_retries=3).remote(
+            task, files, self.device, self.cpus_per_run, self.store, base)
+        self.tasks[task.name] = task
+        self.running[ref] = task
+
+    def _sync(self) -> None:
+        """Write what the tasks sent since the last call into the runs' folders, and the base
+        phases they trained into the cache, where the runs that wait for them find them."""
+        for run, changes in self.ray.get(self.store.take.remote()).items():
+            write_run_files(Path(self.tasks[run].folder), changes, self.tasks[run].base)
+
+    def busy(self) -> list[tuple[str, RunTask]]:
+        return [(f"ray task {k}", task) for k, task in enumerate(self.running.values())]
+
+    def wait(self, timeout: float) -> list[tuple[RunTask, dict]]:
+        if not self.running:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        self._sync()  # after the wait: a finished task's last files are in the store already
+        out = []
+        for ref in ready:
+            task = self.running.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except Exception as e:  # noqa: BLE001  (the task or its node died more often than Ray retries)
+                result = {"name": task.name, "status": "failed",
+                          "error": one_line(e)}
+            self.store.forget.remote(task.name)
+            out.append((task, result))
+        return out
+
+    def close(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
+        self.ray.shutdown()
