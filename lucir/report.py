@@ -698,7 +698,8 @@ def export(results_dir, reports_dir) -> list[Path]:
     tables/<experiment>__<setting>.csv (the tidy tables the report was built from, as written by
     the notebooks), headline.csv (the main-curves summary beside the published numbers),
     claims.csv (every check of the paper's claims), headline.md (headline.csv as a Markdown table,
-    the README's) and main_curves.png (Fig. 5/6 of this study)."""
+    the README's), main_curves.png (Fig. 5/6 of this study) and runs.csv (every run: its averages,
+    training seconds in all and per phase, precision: what the study cost)."""
     out = Path(reports_dir)
     written = []
     study = load_study(results_dir)
@@ -712,6 +713,11 @@ def export(results_dir, reports_dir) -> list[Path]:
                 target = out / "tables" / f"{experiment}__{setting}.csv"
                 res.atomic_write(target, lambda p, text=source.read_text(): Path(p).write_text(text))
                 written.append(target)
+    runs = runs_table(results_dir)
+    if len(runs):
+        res.atomic_write(out / "runs.csv", lambda p: runs.drop(columns=["config"]).to_csv(
+            p, index=False, float_format="%.2f"))
+        written.append(out / "runs.csv")
     main = tables(results_dir, "main_curves")
     if len(main):
         for name, frame in (("headline.csv", headline_table(main)), ("claims.csv", claims(results_dir))):
@@ -731,13 +737,16 @@ def export(results_dir, reports_dir) -> list[Path]:
 
 def headline_markdown(headline: pd.DataFrame) -> str:
     """reports/<profile>/headline.csv as the README's table: average incremental accuracy (%) per
-    phase count and curve, mean ± std over runs where there are several, beside the paper's."""
+    phase count and curve, mean ± std over runs where there are several, beside the paper's, and,
+    where our setting is the paper's, the difference ours - paper for each curve."""
     curves = [c for c in ex.MAIN_CURVES if c in set(headline.curve)]
     ours = headline.drop_duplicates(["setting", "phases", "curve"])
     paper = headline[headline["published source"] == "paper (PODNet Table 1)"]
     paper_curves = sorted(set(paper.curve), key=list(ex.MAIN_CURVES).index)
-    lines = ["| phases | " + " | ".join(curves) + "".join(f" | paper {c}" for c in paper_curves) + " |",
-             "|---" * (1 + len(curves) + len(paper_curves)) + "|"]
+    diff_curves = [c for c in paper_curves if paper[paper.curve == c]["ours - published"].notna().any()]
+    lines = ["| phases | " + " | ".join(curves) + "".join(f" | paper {c}" for c in paper_curves)
+             + "".join(f" | {c} - paper" for c in diff_curves) + " |",
+             "|---" * (1 + len(curves) + len(paper_curves) + len(diff_curves)) + "|"]
     for (setting, phases), g in ours.groupby(["setting", "phases"]):
         cells = []
         for curve in curves:
@@ -750,6 +759,10 @@ def headline_markdown(headline: pd.DataFrame) -> str:
         for curve in paper_curves:
             p = paper[(paper.setting == setting) & (paper.phases == phases) & (paper.curve == curve)]
             cells.append(f"{p.published.iloc[0]:.2f}" if len(p) else "—")
+        for curve in diff_curves:
+            p = paper[(paper.setting == setting) & (paper.phases == phases) & (paper.curve == curve)]
+            cells.append(f"{p['ours - published'].iloc[0]:+.2f}" if len(p) and pd.notna(p["ours - published"].iloc[0])
+                         else "—")
         lines.append(f"| {phases} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -59,6 +59,20 @@ def test_main_curves_summary_prints_a_difference_only_for_the_papers_setting():
     assert lucir.loc["paper", "comparison"].startswith("within 2x the spread")
 
 
+def test_readme_headline_shows_the_difference_to_the_paper_only_for_its_setting():
+    """headline_markdown (the README's table): a column 'ours - paper' per curve where the setting
+    is the paper's, none for a reduced one."""
+    accs = {"LUCIR-CNN": [64.0] * 6, "LUCIR-NME": [62.0] * 6}
+    paper = report.headline_table(_table(False, accs, "paper")).round(2)
+    lines = report.headline_markdown(paper).splitlines()
+    assert lines[0] == ("| phases | LUCIR-CNN | LUCIR-NME | paper LUCIR-CNN | paper LUCIR-NME "
+                        "| LUCIR-CNN - paper | LUCIR-NME - paper |")
+    # ours: mean of the two seeds (64.5, 62.5); paper: 63.42 and 63.12
+    assert lines[2] == "| 5 | 64.50 ± 0.71 | 62.50 ± 0.71 | 63.42 | 63.12 | +1.08 | -0.62 |"
+    reduced = report.headline_markdown(report.headline_table(_table(True, accs, "reduced")).round(2))
+    assert "- paper" not in reduced and "| 5 | 64.50 ± 0.71 | 62.50 ± 0.71 | 63.42 | 63.12 |" in reduced
+
+
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
     # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
     t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
@@ -93,6 +107,9 @@ def test_report_folder_holds_tables_claims_and_main_figure(study):
     claims = pd.read_csv(reports / "claims.csv")
     assert set(claims.holds) <= {"yes", "no"} and len(claims) >= 10
     assert (reports / "main_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = pd.read_csv(reports / "runs.csv")  # what each run cost, from its metrics.json
+    folders = sorted(p.name for p in (study["results"] / "runs").iterdir() if (p / "metrics.json").exists())
+    assert sorted(runs.run) == folders and (runs["train seconds"] > 0).all() and runs.complete.all()
     html = (reports / "report.html").read_text()
     assert "claims at this study" in html and "seed noise" in html
 
