@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lucir import experiments as ex
-from lucir import report
+from lucir import claims, report
 from lucir.config import ConfigError
 from smoke_study import EXPERIMENTS, smoke_study
 
@@ -76,12 +76,12 @@ def test_readme_headline_shows_the_difference_to_the_paper_only_for_its_setting(
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
     # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
     t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
-    rows = {r[0]: r for r in report.main_curves_checks(t)}
+    rows = {r[0]: r for r in claims.main_curves_checks(t)}
     beat = rows["s, 5 phases: avg. LUCIR-CNN > iCaRL-CNN"]
     assert beat[1] == "64.50 vs 60.50" and beat[2] is True and beat[3].startswith("beyond seed noise")
     nme = rows["s, 5 phases: avg. LUCIR-CNN above LUCIR-NME or within 1 point"]
     assert nme[2] is True and nme[3].startswith("within seed noise")
-    assert report.noise(64.0, float("nan"), 60.0, float("nan"), runs=1) == "unknown: 1 run"
+    assert claims.noise(64.0, float("nan"), 60.0, float("nan"), runs=1) == "unknown: 1 run"
 
 
 def test_ablation_rows_can_be_chosen():
