@@ -179,6 +179,29 @@ def verdict(results_dir) -> list[tuple[str, float, float]]:
     return [(f"{s}, {p} phase{'s' if p != 1 else ''}", r["LUCIR-CNN"], r["iCaRL-CNN"]) for (s, p), r in wide.iterrows()]
 
 
+def at_papers_setting(t: pd.DataFrame) -> list[str]:
+    """One line per main curve run at the paper's own setting (nothing reduced): ours beside the
+    paper's number and PODNet's re-run, with the differences, e.g. 'cifar100, 5 phases, LUCIR-CNN:
+    62.90; paper 63.42 (-0.52); PODNet's re-run 64.01 ± 0.91 (-1.11, within 2x the spread ...)'."""
+    h = headline_table(t)
+    h = h[h["ours - published"].notna()]
+    lines = []
+    for (setting, phases, curve), g in h.groupby(["setting", "phases", "curve"], sort=False):
+        first = g.iloc[0]
+        parts = [f"{setting}, {phases} phase{'s' if phases != 1 else ''}, {curve}: "
+                 f"{_with_std(first.ours, first['ours std'] if first.runs > 1 else None)}"
+                 + (f" over {first.runs} runs" if first.runs > 1 else "")]
+        for source, name in (("paper (PODNet Table 1)", "paper"), ("PODNet re-run, 3 orders", "PODNet's re-run")):
+            r = g[g["published source"] == source]
+            if len(r):
+                r = r.iloc[0]
+                meaning = "" if r.comparison.startswith("no spread") else f", {r.comparison}"
+                parts.append(f"{name} {_with_std(r.published, r['published std'])} "
+                             f"({r['ours - published']:+.2f}{meaning})")
+        lines.append("; ".join(parts))
+    return lines
+
+
 def header(results_dir) -> None:
     """Profile, dates, the headline comparison and the reductions from the paper's setting."""
     setup()
@@ -196,10 +219,17 @@ def header(results_dir) -> None:
     else:
         md("**No study record** (results/study/study.json): the notebooks were run by hand; "
            "every table found is shown.")
-    rows = verdict(results_dir)
-    if not rows:
+    rows, main = verdict(results_dir), tables(results_dir, "main_curves")
+    at_paper = at_papers_setting(main) if len(main) else []
+    if main.empty:
         box("The main curves were not run, so there is no headline comparison of LUCIR and iCaRL.", "notrun")
-    else:
+    elif not rows and not at_paper:
+        box("The main curves ran without iCaRL-CNN, so there is no headline comparison of LUCIR and iCaRL.",
+            "notrun")
+    if at_paper:
+        box("<b>At the paper's own setting</b> (average incremental accuracy, %; the differences are ours minus "
+            "the published number): " + html.escape("; ".join(at_paper)) + ".")
+    if rows:
         below = [r for r in rows if not r[1] > r[2]]
         text = "; ".join(f"{s}: LUCIR-CNN {a:.2f} vs iCaRL-CNN {b:.2f}" for s, a, b in rows)
         if below:

@@ -73,6 +73,19 @@ def test_readme_headline_shows_the_difference_to_the_paper_only_for_its_setting(
     assert "- paper" not in reduced and "| 5 | 64.50 ± 0.71 | 62.50 ± 0.71 | 63.42 | 63.12 |" in reduced
 
 
+def test_report_top_puts_a_run_at_the_papers_setting_beside_the_published_numbers():
+    """A LUCIR-only study at the paper's setting (the paper_cifar profile) has no iCaRL to compare
+    with; the top of its report gives ours beside the paper's number and PODNet's re-run, with the
+    differences. A reduced setting gives no such line."""
+    accs = {"LUCIR-CNN": [64.0] * 6, "LUCIR-NME": [62.0] * 6}
+    one_run = _table(False, accs, "cifar100").query("seed == 0")
+    assert report.at_papers_setting(one_run) == [
+        "cifar100, 5 phases, LUCIR-CNN: 64.00; paper 63.42 (+0.58); "
+        "PODNet's re-run 64.01 ± 0.91 (-0.01, within 2x the spread over seeds (0.91))",
+        "cifar100, 5 phases, LUCIR-NME: 62.00; paper 63.12 (-1.12); PODNet's re-run 63.63 (-1.63)"]
+    assert report.at_papers_setting(_table(True, accs, "reduced")) == []
+
+
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
     # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
     t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
