@@ -18,9 +18,9 @@ from IPython.display import HTML, Markdown, display
 
 from . import experiments as ex
 from . import plots, published
+from . import results as res
 from .claims import (CHECKS, adaptive_weight_checks, component_ablation_checks, confusion_matrices_checks,
                      exemplar_count_checks, main_curves_checks, weight_norms_checks)
-from . import results as res
 from .config import upgrade
 from .provenance import REPO_ROOT
 
