@@ -111,15 +111,17 @@ def _screenshot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / f"{name}.png"))
 
 
-def _wait(driver, script: str, timeout: float, what: str):
-    """Poll a JavaScript expression until it is truthy; its value."""
+def _wait(driver, script: str, timeout: float, what: str, explain: str | None = None):
+    """Poll a JavaScript expression until it is truthy; its value. On a timeout, the value of the
+    expression `explain` (what the page shows) goes into the message."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = driver.execute_script(f"return {script}")
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    shown = f"; the page shows: {driver.execute_script(f'return {explain}')}" if explain else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{shown}")
 
 
 KERNEL_IDLE = "document.querySelector('.jp-Notebook-ExecutionIndicator')?.getAttribute('data-status') === 'idle'"
@@ -138,8 +140,12 @@ def test_run_all_in_jupyterlab_on_the_finished_smoke_study(study, lab, browser):
     browser.find_element("xpath", "//li[contains(@class, 'lm-MenuBar-item')][normalize-space()='Run']").click()
     browser.find_element("css selector", "li.lm-Menu-item[data-command='runmenu:run-all']").click()
     prompts = "[...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(p => p.textContent.trim())"
-    _wait(browser, f"{prompts}.length > 0 && {prompts}.every(t => /^\\[\\d+\\]:$/.test(t)) && {KERNEL_IDLE}", 300,
-          "Run All to finish")
+    # Run All stops at a cell that raises: then the error is reported below, not as a timeout
+    stderr = "document.querySelector('.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]')"
+    numbered = f"{prompts}.length > 0 && {prompts}.every(t => /^\\[\\d+\\]:$/.test(t))"
+    status = "document.querySelector('.jp-Notebook-ExecutionIndicator')?.getAttribute('data-status')"
+    _wait(browser, f"({numbered} || {stderr}) && {KERNEL_IDLE}", 300, "Run All to finish",
+          explain=f"JSON.stringify({{prompts: {prompts}, kernel: {status}, stderr: {stderr}?.innerText.slice(0, 500)}})")
 
     outputs = browser.execute_script(
         "return [...document.querySelectorAll('.jp-OutputArea-output')].map(o => [o.getAttribute('data-mime-type'),"
