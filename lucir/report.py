@@ -167,9 +167,9 @@ def precision_text(config: dict) -> str:
     return ", ".join(parts)
 
 
-def verdict(results_dir) -> list[tuple[str, float, float]]:
-    """(setting, LUCIR-CNN, iCaRL-CNN) average incremental accuracies of every main-curve setting."""
-    t = tables(results_dir, "main_curves")
+def verdict(t: pd.DataFrame) -> list[tuple[str, float, float]]:
+    """(setting, LUCIR-CNN, iCaRL-CNN) average incremental accuracies of every main-curve setting
+    of the main-curves table `t`."""
     if t.empty:
         return []
     avg = ex.average_accuracy(t, ["setting", "phases", "curve"])
@@ -191,7 +191,7 @@ def at_papers_setting(t: pd.DataFrame) -> list[str]:
         parts = [f"{setting}, {phases} phase{'s' if phases != 1 else ''}, {curve}: "
                  f"{_with_std(first.ours, first['ours std'] if first.runs > 1 else None)}"
                  + (f" over {first.runs} runs" if first.runs > 1 else "")]
-        for source, name in (("paper (PODNet Table 1)", "paper"), ("PODNet re-run, 3 orders", "PODNet's re-run")):
+        for source, name in ((published.PAPER, "paper"), (published.PODNET, "PODNet's re-run")):
             r = g[g["published source"] == source]
             if len(r):
                 r = r.iloc[0]
@@ -219,8 +219,8 @@ def header(results_dir) -> None:
     else:
         md("**No study record** (results/study/study.json): the notebooks were run by hand; "
            "every table found is shown.")
-    rows, main = verdict(results_dir), tables(results_dir, "main_curves")
-    at_paper = at_papers_setting(main) if len(main) else []
+    main = tables(results_dir, "main_curves")
+    rows, at_paper = (verdict(main), at_papers_setting(main)) if len(main) else ([], [])
     if main.empty:
         box("The main curves were not run, so there is no headline comparison of LUCIR and iCaRL.", "notrun")
     elif not rows and not at_paper:
@@ -422,8 +422,8 @@ def main_curves_display(t: pd.DataFrame) -> pd.DataFrame:
     for (setting, phases, curve), g in summary.groupby(["setting", "phases", "curve"], sort=False):
         first = g.iloc[0]
         by_source = g.set_index("published source")
-        paper = by_source.loc["paper (PODNet Table 1)"] if "paper (PODNet Table 1)" in by_source.index else None
-        podnet = by_source.loc["PODNet re-run, 3 orders"] if "PODNet re-run, 3 orders" in by_source.index else None
+        paper = by_source.loc[published.PAPER] if published.PAPER in by_source.index else None
+        podnet = by_source.loc[published.PODNET] if published.PODNET in by_source.index else None
         row = {"setting": setting, "phases": phases, "curve": curve,
                "ours": _with_std(first["ours"], first["ours std"] if first.runs > 1 else None), "runs": first.runs,
                "paper": _with_std(paper.published, None) if paper is not None else "—",
@@ -668,7 +668,7 @@ def headline_markdown(headline: pd.DataFrame) -> str:
     where our setting is the paper's, the difference ours - paper for each curve."""
     curves = [c for c in ex.MAIN_CURVES if c in set(headline.curve)]
     ours = headline.drop_duplicates(["setting", "phases", "curve"])
-    paper = headline[headline["published source"] == "paper (PODNet Table 1)"]
+    paper = headline[headline["published source"] == published.PAPER]
     paper_curves = sorted(set(paper.curve), key=list(ex.MAIN_CURVES).index)
     diff_curves = [c for c in paper_curves if paper[paper.curve == c]["ours - published"].notna().any()]
     lines = ["| phases | " + " | ".join(curves) + "".join(f" | paper {c}" for c in paper_curves)
@@ -683,14 +683,14 @@ def headline_markdown(headline: pd.DataFrame) -> str:
                 continue
             r = row.iloc[0]
             cells.append(f"{r.ours:.2f}" + (f" ± {r['ours std']:.2f}" if r.runs > 1 else ""))
+        diffs = []
         for curve in paper_curves:
             p = paper[(paper.setting == setting) & (paper.phases == phases) & (paper.curve == curve)]
             cells.append(f"{p.published.iloc[0]:.2f}" if len(p) else "—")
-        for curve in diff_curves:
-            p = paper[(paper.setting == setting) & (paper.phases == phases) & (paper.curve == curve)]
-            cells.append(f"{p['ours - published'].iloc[0]:+.2f}" if len(p) and pd.notna(p["ours - published"].iloc[0])
-                         else "—")
-        lines.append(f"| {phases} | " + " | ".join(cells) + " |")
+            if curve in diff_curves:
+                diff = p["ours - published"].iloc[0] if len(p) else None
+                diffs.append("—" if diff is None or pd.isna(diff) else f"{diff:+.2f}")
+        lines.append(f"| {phases} | " + " | ".join(cells + diffs) + " |")
     return "\n".join(lines)
 
 
