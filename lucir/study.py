@@ -22,7 +22,6 @@ Bad input (unknown profile, notebook or parameter) is one line on stderr and exi
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import importlib
 import json
@@ -32,226 +31,18 @@ import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from . import experiments, provenance, scheduler
 from . import results as res
 from .config import ConfigError, one_line
+from .profiles import (NOTEBOOKS_DIR, SELECT_KEYS, Pair, StudyError, _n, available_profiles,
+                       build_pairs, load_profile, parse_selection)
 
 REPO_ROOT = provenance.REPO_ROOT
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-STUDIES_DIR = REPO_ROOT / "studies"
 REPORT = "report"
-COMMON_PARAMETERS = ("setting", "results_dir", "config_overrides")
-TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
 # The kernels' own log (e.g. ipykernel's warning about TCP transport) would break the progress bar.
 QUIET_KERNEL = {"extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
-
-
-class StudyError(Exception):
-    """Bad input to the runner; the message is one line for the user."""
-
-
-@dataclass
-class Pair:
-    """One notebook with one parameter set."""
-    notebook: str
-    setting: str
-    parameters: dict                          # what papermill injects
-    plan: list = field(default_factory=list)  # the runs the notebook will ask for
-
-    @property
-    def key(self) -> str:
-        return f"{self.notebook}__{self.setting}"
-
-
-# --------------------------------------------------------------------------- profiles
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
-
-
-def load_profile(name_or_path: str) -> tuple[str, Path, dict]:
-    """(name, path, content) of a profile given by name (studies/<name>.yaml) or by path."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        path = STUDIES_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise StudyError(f"unknown profile '{name_or_path}'; choose one of: {', '.join(available_profiles())} "
-                         f"(in {STUDIES_DIR}) or give the path of a .yaml file")
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise StudyError(f"profile {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(content, dict):
-        raise StudyError(f"profile {path} must be a mapping with 'shared' and 'notebooks'")
-    unknown = sorted(set(content) - {"description", "shared", "notebooks", "meant_for", "slurm"})
-    if unknown:
-        raise StudyError(f"profile {path}: unknown key '{unknown[0]}' (known: description, shared, notebooks, "
-                         f"meant_for, slurm)")
-    if content.get("meant_for", "gpu") not in ("gpu", "cpu"):
-        raise StudyError(f"profile {path}: meant_for must be gpu or cpu, got {content['meant_for']!r}")
-    if not isinstance(content.get("shared") or {}, dict):
-        raise StudyError(f"profile {path}: 'shared' must be a mapping of config fields")
-    if not isinstance(content.get("notebooks"), dict) or not content["notebooks"]:
-        raise StudyError(f"profile {path}: 'notebooks' must map notebook names to lists of parameter sets")
-    return path.stem, path, content
-
-
-def notebook_parameters(notebook: str) -> dict:
-    """{name: (type name, default value)} of the notebook's `parameters` cell (papermill's view)."""
-    import papermill as pm
-    params = pm.inspect_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"))
-    return {name: (p["inferred_type_name"], ast.literal_eval(p["default"])) for name, p in params.items()}
-
-
-def _check_type(notebook: str, name: str, value, type_name: str) -> None:
-    expected = TYPES.get(type_name)
-    if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
-        raise StudyError(f"notebook {notebook}: parameter '{name}' expects {type_name}, got {value!r}")
-
-
-# --select KEY=VALUE[,VALUE]: what a selection can name. Values of one key are alternatives
-# (repeating a key adds values); different keys must all hold.
-SELECT_KEYS = ("dataset", "notebook", "setting", "method", "phases", "seed")
-METHOD_SWITCHES = ("cosine_normalization", "less_forget", "inter_class_separation", "adaptive_weight",
-                   "class_balanced_finetune", "distillation", "joint_training")
-
-
-def parse_selection(items: list[str] | None) -> dict[str, set[str]]:
-    """{key: allowed values} from --select items; one-line errors for a bad key or value."""
-    from .config import DATASETS, PRESETS
-    out: dict[str, set[str]] = {}
-    for item in items or []:
-        key, sep, values = item.partition("=")
-        key, chosen = key.strip(), {v.strip() for v in values.split(",") if v.strip()}
-        if not sep or key not in SELECT_KEYS or not chosen:
-            raise StudyError(f"--select expects KEY=VALUE[,VALUE] with KEY one of {', '.join(SELECT_KEYS)}, "
-                             f"got '{item}'")
-        known = {"dataset": DATASETS, "notebook": experiments.EXPERIMENTS, "method": PRESETS}.get(key)
-        bad = sorted(v for v in chosen if (known is not None and v not in known)
-                     or (key in ("phases", "seed") and not v.isdigit()))
-        if bad:
-            expected = ", ".join(known) if known is not None else "whole numbers"
-            raise StudyError(f"--select {key}: unknown value '{bad[0]}' (expected {expected})")
-        out.setdefault(key, set()).update(chosen)
-    return out
-
-
-def narrow_parameters(notebook: str, params: dict, select: dict) -> dict:
-    """The parameters restricted to the selection where a parameter can say it: the phase counts
-    (and joint curves), the seeds, and main_curves' methods (joint only when selected)."""
-    p = dict(params)
-    if "phases" in select:
-        for name in ("phases", "joint_phases"):
-            if isinstance(p.get(name), list):
-                p[name] = [v for v in p[name] if str(v) in select["phases"]]
-    if "seed" in select and isinstance(p.get("seeds"), list):
-        p["seeds"] = [v for v in p["seeds"] if str(v) in select["seed"]]
-    if "method" in select and notebook == "main_curves":
-        p["methods"] = [m for m in p.get("methods", []) if m in select["method"]]
-        if "joint" not in select["method"]:
-            p["joint_phases"] = []
-    return p
-
-
-def run_selected(planned, config, select: dict) -> bool:
-    """Whether a planned run lies inside the selection. A run is of method m when its method
-    switches (CN, LC, IS, AW, CBF, distillation, joint) are those of preset m on its dataset."""
-    from .config import make_config
-    if "dataset" in select and config.dataset not in select["dataset"]:
-        return False
-    if "phases" in select and str(config.phases) not in select["phases"]:
-        return False
-    if "seed" in select and str(config.seed) not in select["seed"]:
-        return False
-    if "method" in select:
-        switches = {k: getattr(config, k) for k in METHOD_SWITCHES}
-        return any(switches == {k: getattr(make_config(m, dataset=config.dataset), k) for k in METHOD_SWITCHES}
-                   for m in select["method"])
-    return True
-
-
-def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtime: dict,
-                select: dict | None = None, left_out: list | None = None) -> list[Pair]:
-    """Every (notebook, parameter set) of the profile, checked against the notebook's parameters
-    and with its plan of runs validated (a bad config value fails here, before any training).
-    With a selection (parse_selection), each parameter set is narrowed to it (narrow_parameters)
-    and kept only if every run its notebook would train lies inside it; `left_out` receives
-    (pair key, reason) for the others."""
-    select = select or {}
-    left_out = [] if left_out is None else left_out
-    shared = dict(content.get("shared") or {})
-    notebooks = content["notebooks"]
-    for name in notebooks:
-        if name not in experiments.EXPERIMENTS:
-            raise StudyError(f"profile lists unknown notebook '{name}'; "
-                             f"notebooks: {', '.join(experiments.EXPERIMENTS)}")
-    for name in only or []:
-        if name not in experiments.EXPERIMENTS:
-            raise StudyError(f"--only: unknown notebook '{name}'; notebooks: {', '.join(experiments.EXPERIMENTS)}")
-        if name not in notebooks:
-            raise StudyError(f"--only: notebook '{name}' has no parameter sets in this profile")
-    pairs = []
-    for notebook, entries in notebooks.items():
-        if only and notebook not in only:
-            continue
-        known = notebook_parameters(notebook)
-        if not isinstance(entries, list):
-            entries = [entries]
-        seen = set()
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise StudyError(f"notebook {notebook}: each parameter set must be a mapping, got {entry!r}")
-            entry = dict(entry)
-            for name, value in entry.items():
-                if name not in known:
-                    raise StudyError(f"notebook {notebook} has no parameter '{name}' "
-                                     f"(its parameters: {', '.join(known)})")
-                _check_type(notebook, name, value, known[name][0])
-            setting = str(entry.get("setting") or shared.get("dataset") or known["setting"][1])
-            if not re.fullmatch(r"[\w.+-]+", setting):
-                raise StudyError(f"notebook {notebook}: setting name '{setting}' may hold only letters, "
-                                 f"digits, . + - _")
-            if setting in seen:
-                raise StudyError(f"notebook {notebook} has two parameter sets named '{setting}'; "
-                                 f"name each with 'setting:'")
-            seen.add(setting)
-            overrides = {**shared, **(entry.get("config_overrides") or {}), **runtime}
-            # every parameter is injected, defaults included, so the executed notebook and the
-            # done marker record exactly what ran
-            params = {name: default for name, (_, default) in known.items()} | entry | {
-                "setting": setting, "results_dir": str(results_dir), "config_overrides": overrides}
-            key = f"{notebook}__{setting}"
-            if ("notebook" in select and notebook not in select["notebook"]) or (
-                    "setting" in select and setting not in select["setting"]):
-                left_out.append((key, "not selected"))
-                continue
-            if select:
-                params = narrow_parameters(notebook, params, select)
-                emptied = [k for k in ("phases", "seeds", "methods") if params.get(k) == []]
-                if emptied:
-                    left_out.append((key, f"no {emptied[0]} left in the selection"))
-                    continue
-            plan_args = {k: v for k, v in params.items() if k not in ("setting", "results_dir")}
-            try:
-                plan = experiments.PLANS[notebook](**plan_args)
-                configs = [run.config() for run in plan]
-            except ConfigError as e:
-                raise StudyError(f"notebook {notebook}, setting {setting}: {e}") from None
-            if not plan:
-                left_out.append((key, "no runs left in the selection"))
-                continue
-            outside = [run for run, c in zip(plan, configs) if not run_selected(run, c, select)]
-            if outside:
-                left_out.append((key, f"it would also train runs outside the selection ({outside[0].method}"
-                                      f"{' ' + outside[0].variant if outside[0].variant else ''}, "
-                                      f"{outside[0].config().dataset}, {_n(outside[0].config().phases, 'phase')})"))
-                continue
-            pairs.append(Pair(notebook, setting, params, plan))
-    return pairs
 
 
 # --------------------------------------------------------------------------- done markers
@@ -415,9 +206,6 @@ def repo_relative(path) -> str:
     except ValueError:
         return str(path)
 
-
-def _n(k: int, what: str) -> str:
-    return f"{k} {what}{'' if k == 1 else 's'}"
 
 
 def _count(work: float) -> str:
