@@ -212,10 +212,6 @@ def _count(work: float) -> str:
     return f"{work / 1e9:.2f}G" if work >= 1e9 else f"{work / 1e6:.1f}M" if work >= 1e6 else f"{work / 1e3:.0f}k"
 
 
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-
-
 def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, executor, jobs, runs_per_gpu, rate) -> None:
     """The dry run: notebooks kept and left out, data, each run in the order it starts with its
     cost (image-steps, run_cost) and the base phase it shares, and the projected time on the chosen
@@ -270,11 +266,11 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
         else:
             base = f"{letters[t.base]}: reuses it"
         print(f"  {k:>3}  {t.name:<34} {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  {base:<22} "
-              f"{_hours(start):>9} {_hours(end - start):>9}")
+              f"{scheduler.duration(start):>9} {scheduler.duration(end - start):>9}")
     total = sum(sum(c) for c in costs.values())
     device_seconds = sum(sum(costs[t.name]) / rates[t.config.resolved_model][0] for t, _, _ in schedule)
-    print(f"total: {_count(total)} image-steps; {_hours(device_seconds)} of {kind} time; projected wall time "
-          f"{_hours(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
+    print(f"total: {_count(total)} image-steps; {scheduler.duration(device_seconds)} of {kind} time; projected wall time "
+          f"{scheduler.duration(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
           f"a device's rate shared by the runs on it; data loading and notebooks not counted)")
     for model, (r, source) in sorted(rates.items()):
         print(f"rate assumed for {model} on {kind}: {r:,.0f} image-steps/s ({source})")
