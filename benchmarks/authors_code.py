@@ -66,6 +66,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PATCH_DIR = Path(__file__).resolve().with_name("authors_code")
 SCRIPT = Path("cifar100-class-incremental") / "class_incremental_cosine_cifar100.py"
+HEARTBEAT_S = 60  # how often a running attempt's time so far is written to harness.json
 CKP_PREFIX = "seed_1993_rs_ratio_0.0_class_incremental_MR_LFAD_cosine_cifar100"  # run.sh's LUCIR line
 
 # run.sh's LUCIR command (CN + LF with adaptive lambda + margin ranking loss), its flags as given there.
@@ -346,21 +348,66 @@ def make_runs(setting: Setting, runs: int, work: Path, code: Path, data: Path) -
     return pairs
 
 
-def _start(run: Run, core: int | None) -> tuple[subprocess.Popen, float, object]:
+def _child_setup(core: int | None):
+    """In the child before exec: pin it to its core, and have it killed when the harness dies (a
+    killed harness must not leave runs going that nobody times and a rerun would start again)."""
+    def setup():
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+        except (OSError, AttributeError):
+            pass
+    return setup
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a running process has used so far, from /proc (Linux); else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _save_attempt(run: Run, attempt: dict) -> None:
+    """Write `attempt` as the run's newest attempt in harness.json (atomically), replacing an earlier
+    write of the same attempt: the harness writes it when the run starts, every HEARTBEAT_S seconds
+    while it runs and when it ends, so a harness killed mid-run leaves the time spent up to then."""
+    rec = run.record()
+    if rec["attempts"] and rec["attempts"][-1].get("started_utc") == attempt["started_utc"]:
+        rec["attempts"][-1] = attempt
+    else:
+        rec["attempts"].append(attempt)
+    tmp = run.folder / "harness.json.tmp"
+    tmp.write_text(json.dumps(rec, indent=1))
+    os.replace(tmp, run.folder / "harness.json")
+
+
+def _start(run: Run, core: int | None, paired_with: list[str]) -> tuple[subprocess.Popen, dict, object]:
     run.folder.mkdir(parents=True, exist_ok=True)
     if run.impl == "authors":
         (run.folder / "checkpoint").mkdir(exist_ok=True)
         link = run.folder / "data"
         if not link.exists():
             link.symlink_to(run.data)
-    attempt = len(run.record()["attempts"]) + 1
-    log = open(run.folder / f"log_attempt{attempt}.txt", "w")
+    rec = run.record()
+    for a in rec["attempts"]:  # a harness killed mid-run left its last heartbeat: that attempt was cut off
+        if a.get("status") == "running":
+            a["status"] = "interrupted"
+    (run.folder / "harness.json").write_text(json.dumps(rec, indent=1))
+    log = open(run.folder / f"log_attempt{len(rec['attempts']) + 1}.txt", "w")
     log.write("$ " + " ".join(run.cmd) + "\n")
     log.flush()
-    pre = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
     proc = subprocess.Popen(run.cmd, cwd=run.folder if run.impl == "authors" else REPO, env=run.env,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=pre)
-    return proc, time.time(), log
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=_child_setup(core))
+    t0 = time.time()
+    attempt = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "t0": t0, "seconds": 0.0,
+               "cpu_seconds": 0.0, "returncode": None, "status": "running", "core": core, "paired_with": paired_with}
+    _save_attempt(run, attempt)
+    return proc, attempt, log
 
 
 def _finished(run: Run) -> bool:
@@ -368,6 +415,18 @@ def _finished(run: Run) -> bool:
         return run.rows() is not None
     except RuntimeError:  # outputs there but inconsistent: run it again (the authors' --resume reloads phases)
         return False
+
+
+def _report_end(r: Run, rc: int, attempt: dict) -> bool:
+    """Print how a run's process ended; whether it finished with every phase's results."""
+    try:
+        ok = rc == 0 and r.rows() is not None
+    except RuntimeError as e:  # its log disagrees with its saved accuracies, or phases are missing
+        print(f"{r.label}: {e}", flush=True)
+        ok = False
+    print(f"{r.label}: {'finished' if ok else f'FAILED (exit {rc})'} in {attempt['seconds']:.0f} s "
+          f"(CPU {attempt['cpu_seconds']:.0f} s)", flush=True)
+    return ok
 
 
 def run_pairs(pairs, pin: bool, only: str | None) -> list[str]:
@@ -379,35 +438,36 @@ def run_pairs(pairs, pin: bool, only: str | None) -> list[str]:
         for r in pair:
             if r not in todo and (only is None or r.impl == only):
                 print(f"{r.label}: done, not run again ({r.folder})", flush=True)
-        started = []
+        pending = []
         for k, r in enumerate(todo):
             core = cores[k % len(cores)] if pin and len(cores) >= 2 else None
             print(f"{r.label}: starting{f' on core {core}' if core is not None else ''} -> {r.folder}", flush=True)
-            started.append((r, *_start(r, core)))
-        pending = list(started)
+            pending.append((r, *_start(r, core, [o.label for o in todo if o is not r])))
+        beat = time.time()
         while pending:  # each run's wall time ends when its own process does
-            done = [item for item in pending if item[1].poll() is not None]
-            if not done:
+            if time.time() - beat >= HEARTBEAT_S:
+                beat = time.time()
+                for r, proc, attempt, _ in pending:
+                    attempt.update(seconds=round(beat - attempt["t0"], 1),
+                                   cpu_seconds=_cpu_seconds(proc.pid) or attempt["cpu_seconds"])
+                    _save_attempt(r, attempt)
+            ended = False
+            for item in list(pending):
+                r, proc, attempt, log = item
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaped here for its CPU time
+                if not pid:
+                    continue
+                ended = True
+                pending.remove(item)
+                rc = proc.returncode = os.waitstatus_to_exitcode(status)
+                log.close()
+                attempt.update(seconds=round(time.time() - attempt["t0"], 1), returncode=rc, status="exited",
+                               cpu_seconds=round(usage.ru_utime + usage.ru_stime, 1))
+                _save_attempt(r, attempt)
+                if not _report_end(r, rc, attempt):
+                    failures.append(f"{r.label}: exit {rc}, see {r.folder}/log_attempt{len(r.record()['attempts'])}.txt")
+            if not ended:
                 time.sleep(1.0)
-                continue
-            r, proc, t0, log = done[0]
-            pending.remove(done[0])
-            rc = proc.returncode
-            log.close()
-            rec = r.record()
-            rec["attempts"].append({"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
-                                    "seconds": round(time.time() - t0, 1), "returncode": rc,
-                                    "paired_with": [o.label for o in pair if o is not r and o in todo]})
-            (r.folder / "harness.json").write_text(json.dumps(rec, indent=1))
-            try:
-                ok = rc == 0 and r.rows() is not None
-            except RuntimeError as e:  # its log disagrees with its saved accuracies, or phases are missing
-                print(f"{r.label}: {e}", flush=True)
-                ok = False
-            print(f"{r.label}: {'finished' if ok else f'FAILED (exit {rc})'} in {rec['attempts'][-1]['seconds']:.0f} s",
-                  flush=True)
-            if not ok:
-                failures.append(f"{r.label}: exit {rc}, see {r.folder}/log_attempt{len(rec['attempts'])}.txt")
     return failures
 
 
@@ -431,6 +491,7 @@ def write_report(pairs, out: Path, setting: Setting, tiny: bool) -> dict:
             continue
         attempts = r.record()["attempts"]
         wall = sum(a["seconds"] for a in attempts)
+        cpu = [a.get("cpu_seconds") for a in attempts]
         for row in rows:
             long_rows.append({"implementation": r.impl, "run": label, **{k: row[k] for k in
                               ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_ncm_all")}})
@@ -438,7 +499,9 @@ def write_report(pairs, out: Path, setting: Setting, tiny: bool) -> dict:
                         "avg_incremental_acc_cnn": float(np.mean([x["acc_cnn"] for x in rows])),
                         "avg_incremental_acc_nme": float(np.mean([x["acc_nme"] for x in rows])),
                         "final_acc_cnn": rows[-1]["acc_cnn"], "final_acc_nme": rows[-1]["acc_nme"],
-                        "wall_seconds": round(wall, 1), "attempts": len(attempts)})
+                        "wall_seconds": round(wall, 1),
+                        "cpu_seconds": round(sum(cpu), 1) if None not in cpu else None,
+                        "attempts": len(attempts)})
     with open(out / "per_phase.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, ["implementation", "run", "phase", "classes_seen", "acc_cnn", "acc_nme", "acc_ncm_all"])
         w.writeheader()
@@ -499,16 +562,21 @@ def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -
     lines.append("| " + " | ".join(f"**{c}**" if c else c for c in cells) + " |")
     for i in impls:
         walls = [s["wall_seconds"] / 60 for s in summary if s["implementation"] == i]
+        cpus = [s["cpu_seconds"] / 60 for s in summary if s["implementation"] == i and s.get("cpu_seconds") is not None]
         if walls:
-            lines.append(f"\nWall time per run, {names[i]}: {_fmt(walls)} min (summed over its attempts; "
-                         f"which run shared the machine with which is in each run's harness.json).")
+            lines.append(f"\nWall time per run, {names[i]}: {_fmt(walls)} min"
+                         + (f", CPU time {_fmt(cpus)} min" if len(cpus) == len(walls) else "")
+                         + " (summed over its attempts, work redone after an interruption included; which run "
+                           "shared the machine with which, and when, is in each run's harness.json).")
     lines += [f"\n{n}" for n in notes]
     lines.append("\nEach run (average incremental accuracy: the mean over all phases, base phase included):\n")
-    lines += ["| run | avg CNN | avg NME | final CNN | final NME | wall time | attempts |", "|---|---|---|---|---|---|---|"]
+    lines += ["| run | avg CNN | avg NME | final CNN | final NME | wall time | CPU time | attempts |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
+        cpu = "—" if s.get("cpu_seconds") is None else f"{s['cpu_seconds'] / 60:.1f} min"
         lines.append(f"| {s['run']} | {s['avg_incremental_acc_cnn']:.2f} | {s['avg_incremental_acc_nme']:.2f} | "
                      f"{s['final_acc_cnn']:.2f} | {s['final_acc_nme']:.2f} | {s['wall_seconds'] / 60:.1f} min | "
-                     f"{s['attempts']} |")
+                     f"{cpu} | {s['attempts']} |")
     return "\n".join(lines) + "\n"
 
 

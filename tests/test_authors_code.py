@@ -228,3 +228,58 @@ def test_harness_tiny_end_to_end(tmp_path):
     assert ac.main(["--authors", os.environ["LUCIR_AUTHORS_CODE"], "--tiny", "--work", str(tmp_path / "work"),
                     "--out", str(out), "--no-pin"]) == 0
     assert (tmp_path / "work" / "authors_run1" / "harness.json").read_text() == t
+
+
+_KILLED_HARNESS = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("authors_code", sys.argv[1])
+ac = importlib.util.module_from_spec(spec); sys.modules["authors_code"] = ac; spec.loader.exec_module(ac)
+ac.HEARTBEAT_S = 0.5
+folder = Path(sys.argv[2])
+child = f"import os, time\\nopen({str(folder / 'child.pid')!r}, 'w').write(str(os.getpid()))\\nwhile True: time.sleep(0.01)"
+run = ac.Run("ours", 1, folder, [sys.executable, "-c", child], {}, ac.TINY)
+ac.run_pairs([(run,)], pin=False, only=None)
+"""
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness's child setup and /proc are Linux's")
+def test_a_killed_harness_leaves_its_time_so_far_and_takes_its_runs_with_it(tmp_path):
+    """Runs of the matched comparison outlive a session: a harness killed mid-run leaves the attempt's
+    time up to its last heartbeat (counted in the run's wall time), its child process dies with it,
+    and the next attempt marks that one interrupted."""
+    import signal
+    import subprocess
+    import time
+    folder = tmp_path / "run"
+    harness = subprocess.Popen([sys.executable, "-c", _KILLED_HARNESS, str(REPO / "benchmarks" / "authors_code.py"),
+                                str(folder)])
+    record, pid_file = folder / "harness.json", folder / "child.pid"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (pid_file.exists() and pid_file.read_text() and record.exists()
+                                          and json.loads(record.read_text())["attempts"][-1]["seconds"] >= 1):
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+    harness.send_signal(signal.SIGKILL)
+    harness.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child), "the run outlived the harness"
+    attempt = json.loads(record.read_text())["attempts"][-1]
+    assert attempt["status"] == "running" and attempt["seconds"] >= 1 and attempt["returncode"] is None
+    # the next attempt: the cut-off one is marked interrupted and still counts in the wall time
+    run = ac.Run("ours", 1, folder, [sys.executable, "-c", "pass"], {}, ac.TINY)
+    assert ac.run_pairs([(run,)], pin=False, only=None)  # a failure: `pass` writes no results
+    first, second = run.record()["attempts"]
+    assert first["status"] == "interrupted" and first["seconds"] == attempt["seconds"]
+    assert second["status"] == "exited" and second["returncode"] == 0 and second["cpu_seconds"] >= 0
