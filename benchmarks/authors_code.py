@@ -376,10 +376,14 @@ def _save_attempt(run: Run, attempt: dict) -> None:
     write of the same attempt: the harness writes it when the run starts, every HEARTBEAT_S seconds
     while it runs and when it ends, so a harness killed mid-run leaves the time spent up to then."""
     rec = run.record()
-    if rec["attempts"] and rec["attempts"][-1].get("started_utc") == attempt["started_utc"]:
+    if rec["attempts"] and rec["attempts"][-1].get("t0") == attempt["t0"]:
         rec["attempts"][-1] = attempt
     else:
         rec["attempts"].append(attempt)
+    _write_record(run, rec)
+
+
+def _write_record(run: Run, rec: dict) -> None:
     tmp = run.folder / "harness.json.tmp"
     tmp.write_text(json.dumps(rec, indent=1))
     os.replace(tmp, run.folder / "harness.json")
@@ -396,7 +400,7 @@ def _start(run: Run, core: int | None, paired_with: list[str]) -> tuple[subproce
     for a in rec["attempts"]:  # a harness killed mid-run left its last heartbeat: that attempt was cut off
         if a.get("status") == "running":
             a["status"] = "interrupted"
-    (run.folder / "harness.json").write_text(json.dumps(rec, indent=1))
+    _write_record(run, rec)
     log = open(run.folder / f"log_attempt{len(rec['attempts']) + 1}.txt", "w")
     log.write("$ " + " ".join(run.cmd) + "\n")
     log.flush()
