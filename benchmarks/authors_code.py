@@ -400,7 +400,6 @@ def _start(run: Run, core: int | None, paired_with: list[str]) -> tuple[subproce
     for a in rec["attempts"]:  # a harness killed mid-run left its last heartbeat: that attempt was cut off
         if a.get("status") == "running":
             a["status"] = "interrupted"
-    _write_record(run, rec)
     log = open(run.folder / f"log_attempt{len(rec['attempts']) + 1}.txt", "w")
     log.write("$ " + " ".join(run.cmd) + "\n")
     log.flush()
@@ -410,7 +409,8 @@ def _start(run: Run, core: int | None, paired_with: list[str]) -> tuple[subproce
     t0 = time.time()
     attempt = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "t0": t0, "seconds": 0.0,
                "cpu_seconds": 0.0, "returncode": None, "status": "running", "core": core, "paired_with": paired_with}
-    _save_attempt(run, attempt)
+    rec["attempts"].append(attempt)
+    _write_record(run, rec)
     return proc, attempt, log
 
 

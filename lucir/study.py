@@ -207,7 +207,6 @@ def repo_relative(path) -> str:
         return str(path)
 
 
-
 def _count(work: float) -> str:
     return f"{work / 1e9:.2f}G" if work >= 1e9 else f"{work / 1e6:.1f}M" if work >= 1e6 else f"{work / 1e3:.0f}k"
 
