@@ -536,6 +536,27 @@ def order_note(run: Run, setting: Setting) -> str:
             f"theirs starts {theirs[:5]}, ours {ours[:5]}).")
 
 
+def _mean_difference(long_rows, phase: int, key: str) -> float | None:
+    """Ours minus the authors' at one phase, each side the mean over its runs (None if a side lacks it)."""
+    sides = [[r[key] for r in long_rows if r["implementation"] == i and r["phase"] == phase and r[key] is not None]
+             for i in ("ours", "authors")]
+    return float(np.mean(sides[0]) - np.mean(sides[1])) if all(sides) else None
+
+
+def spread_note(avg: dict, diffs: dict) -> str:
+    """The difference between the two programs beside the spread between runs of one program."""
+    who = {"ours": "ours", "authors": "the authors'"}
+    out = []
+    for key, curve in (("avg_incremental_acc_cnn", "CNN"), ("avg_incremental_acc_nme", "NME")):
+        v = avg[key]
+        runs = "; ".join(f"{who[i]} " + ", ".join(f"{x:.2f}" for x in v[i]) for i in who)
+        per_phase = [d for d in diffs["acc_" + curve.lower()] if d is not None]
+        out.append(f"{curve}, average incremental accuracy ours - authors' "
+                   f"{np.mean(v['ours']) - np.mean(v['authors']):+.2f} (each run: {runs}); per phase from "
+                   f"{min(per_phase):+.2f} to {max(per_phase):+.2f}.")
+    return "Ours - authors' (means over runs). " + " ".join(out)
+
+
 def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -> str:
     impls = ["ours", "authors"]
     names = {"ours": "ours", "authors": "authors' code"}
@@ -550,20 +571,33 @@ def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -
     lines.append("Accuracy (%) on all classes seen, after each phase; mean ± sample std over the runs "
                  f"(ours: {len(runs_of['ours'])}, authors': {len(runs_of['authors'])}); NME = nearest mean of "
                  "exemplars (the authors' \"iCaRL\" column).\n")
-    head = ["phase", "classes"] + [f"{names[i]} {c}" for c in ("CNN", "NME") for i in impls]
+    both = all(runs_of[i] for i in impls)  # the difference columns need a run of each side
+    head = (["phase", "classes"] + [f"{names[i]} {c}" for c in ("CNN", "NME") for i in impls]
+            + (["CNN ours - authors'", "NME ours - authors'"] if both else []))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     phases = sorted({(r["phase"], r["classes_seen"]) for r in long_rows})
+    diffs = {"acc_cnn": [], "acc_nme": []}
     for p, c in phases:
         cells = [str(p), str(c)]
         for key in ("acc_cnn", "acc_nme"):
             for i in impls:
                 cells.append(_fmt([r[key] for r in long_rows if r["implementation"] == i and r["phase"] == p]))
+        for key in diffs if both else ():
+            d = _mean_difference(long_rows, p, key)
+            diffs[key].append(d)
+            cells.append("—" if d is None else f"{d:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     cells = ["average", ""]
+    avg = {}
     for key in ("avg_incremental_acc_cnn", "avg_incremental_acc_nme"):
         for i in impls:
             cells.append(_fmt([s[key] for s in summary if s["implementation"] == i]))
+        avg[key] = {i: [s[key] for s in summary if s["implementation"] == i] for i in impls}
+    if both:
+        cells += [f"{np.mean(v['ours']) - np.mean(v['authors']):+.2f}" for v in avg.values()]
     lines.append("| " + " | ".join(f"**{c}**" if c else c for c in cells) + " |")
+    if both:
+        lines.append("\n" + spread_note(avg, diffs))
     for i in impls:
         walls = [s["wall_seconds"] / 60 for s in summary if s["implementation"] == i]
         cpus = [s["cpu_seconds"] / 60 for s in summary if s["implementation"] == i and s.get("cpu_seconds") is not None]

@@ -183,7 +183,10 @@ def test_report_tables_hold_every_phase_mean_and_spread(tmp_path):
         assert len(list(csv.DictReader(fh))) == 4 * 3
     md = (tmp_path / "out" / "table.md").read_text()
     # phase 0: ours CNN 60, 62 -> 61.00 ± 1.41 (sample std); authors' CNN 61, 63 -> 62.00 ± 1.41
-    assert "| 0 | 10 | 61.00 ± 1.41 | 62.00 ± 1.41 | 59.00 ± 1.41 | 58.00 ± 1.41 |" in md
+    assert "| 0 | 10 | 61.00 ± 1.41 | 62.00 ± 1.41 | 59.00 ± 1.41 | 58.00 ± 1.41 | -1.00 | +1.00 |" in md
+    # CNN averages: ours 50.00, 52.67; the authors' 51.00, 50.33; per phase ours - authors' -1, +1, +2
+    assert ("CNN, average incremental accuracy ours - authors' +0.67 (each run: ours 50.00, 52.67; "
+            "the authors' 51.00, 50.33); per phase from -1.00 to +2.00.") in md
     assert "drew the same order as ours" in md and "Wall time per run, authors' code: 1.50 ± 0.71 min (summed" in md
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
 
