@@ -241,8 +241,24 @@ def local_slots(device: str | None, jobs: int | None, runs_per_gpu: int = 1, gpu
     return [Slot(k, "cpu", fixed or cores) for k in range(jobs or min(2, cores))]
 
 
-def _init_worker(slot: Slot) -> None:
-    """First thing in a worker process: only its GPU visible, its share of the cores."""
+def _die_with(driver: int) -> None:
+    """End this worker when the study's driver process is gone. A driver killed on its own (`kill
+    PID`, the OOM killer) leaves its workers running, reparented: one would go on training a run
+    nobody waits for, holding its folder's lock, and train it a second time beside the next
+    invocation. A daemon thread checks the parent every second; the run's epoch checkpoint is
+    already on disk, so the next invocation continues from it."""
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-driver", daemon=True).start()
+
+
+def _init_worker(slot: Slot, driver: int | None = None) -> None:
+    """First thing in a worker process: only its GPU visible, its share of the cores, and an end
+    when the driver ends."""
+    if driver is not None:
+        _die_with(driver)
     if slot.visible_gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot.visible_gpu)
     os.environ["OMP_NUM_THREADS"] = str(slot.threads)
@@ -303,7 +319,8 @@ class LocalExecutor:
         self.running: dict = {}  # future -> (slot, task)
 
     def _pool(self, slot: Slot) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=self.context, initializer=_init_worker, initargs=(slot,))
+        return ProcessPoolExecutor(1, mp_context=self.context, initializer=_init_worker,
+                                   initargs=(slot, os.getpid()))
 
     @property
     def capacity(self) -> int:

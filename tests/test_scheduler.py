@@ -160,6 +160,51 @@ def test_a_worker_whose_run_failed_is_replaced_before_the_slot_takes_another(tmp
     assert results["ok2"]["pid"] != results["bad"]["pid"], "the worker of the failed run was not replaced"
 
 
+def note_pid_and_hold(task, slot) -> dict:
+    """A run that does not end by itself within the test: its worker's pid in the folder, then a wait."""
+    (Path(task.folder) / "worker.pid").write_text(str(os.getpid()))
+    time.sleep(300)
+    return {"name": task.name, "status": "done", "error": None}
+
+
+def _alive(pid: int) -> bool:
+    """A process that has not ended (a zombie nobody has reaped yet has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_worker_ends_when_its_driver_is_killed_on_its_own(tmp_path):
+    """`kill -9 <driver>` (not its process group): the worker must not go on training unseen."""
+    code = (f"import sys; sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]\n"
+            "from test_scheduler import _fake_task, note_pid_and_hold\n"
+            "from lucir import scheduler\n"
+            f"scheduler.execute([_fake_task('a', {str(tmp_path)!r})],\n"
+            "                  scheduler.LocalExecutor([scheduler.Slot(0, 'cpu', 1)], work=note_pid_and_hold), poll=0.05)\n")
+    driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    pid_file, worker = tmp_path / "worker.pid", None
+    try:
+        deadline = time.time() + 180
+        while not pid_file.exists() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+        assert pid_file.exists(), "the worker never started"
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+        driver.kill()
+        driver.wait()
+        deadline = time.time() + 20
+        while _alive(worker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), "the worker went on after its driver was killed"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, 9)
+
+
 def test_projection_starts_runs_as_execute_does(tmp_path):
     """The dry run's projection: base-phase leaders first, a run reusing a base once that base is
     trained (its base then costs only its loading), each run's time its cost over its rate."""
