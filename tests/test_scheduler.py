@@ -205,6 +205,31 @@ def test_a_worker_ends_when_its_driver_is_killed_on_its_own(tmp_path):
             os.kill(worker, 9)
 
 
+def test_the_bar_moves_with_each_epoch_and_counts_only_this_invocations_epochs(tmp_path):
+    """The study's bar: a phase under way counts by its epochs (progress.json), a phase resumed from
+    an epoch checkpoint from where this invocation found it, a finished phase in full."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"phases": [{}]}))  # phase 0 done by an earlier call
+    task = replace(_fake_task("a", folder), cost=[100.0, 10.0, 10.0])
+    bar = scheduler.Progress([task], 0, "test", enabled=False)
+
+    def epoch(desc: str, k: int, n: int) -> float:
+        (folder / scheduler.PROGRESS_FILE).write_text(json.dumps({"phase": desc, "epoch": k, "epochs": n}))
+        return bar.work_done()
+    try:
+        assert bar.work_done() == 0.0
+        # phase 1 resumed at epoch 2 of 10: the first epoch this call trains is worth 1/10 of 10
+        assert epoch("phase 1 (50+5 classes)", 3, 10) == pytest.approx(1.0)
+        assert epoch("phase 1 (50+5 classes)", 8, 10) == pytest.approx(6.0)
+        (folder / "metrics.json").write_text(json.dumps({"phases": [{}, {}]}))
+        assert epoch("phase 1 (50+5 classes)", 10, 10) == pytest.approx(10.0)  # stale: phase 1 is done
+        assert epoch("phase 2 (55+5 classes)", 4, 10) == pytest.approx(10.0 + 4.0)  # started here: all of it
+        assert epoch("phase 2 CBF", 1, 30) == pytest.approx(20.0)
+    finally:
+        bar.close()
+
+
 def test_projection_starts_runs_as_execute_does(tmp_path):
     """The dry run's projection: base-phase leaders first, a run reusing a base once that base is
     trained (its base then costs only its loading), each run's time its cost over its rate."""
