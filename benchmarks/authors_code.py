@@ -543,6 +543,11 @@ def _mean_difference(long_rows, phase: int, key: str) -> float | None:
     return float(np.mean(sides[0]) - np.mean(sides[1])) if all(sides) else None
 
 
+def _average_difference(avg_runs: dict) -> float:
+    """Ours minus the authors' of a per-run figure, each side the mean over its runs."""
+    return float(np.mean(avg_runs["ours"]) - np.mean(avg_runs["authors"]))
+
+
 def spread_note(avg: dict, diffs: dict) -> str:
     """The difference between the two programs beside the spread between runs of one program."""
     who = {"ours": "ours", "authors": "the authors'"}
@@ -551,9 +556,8 @@ def spread_note(avg: dict, diffs: dict) -> str:
         v = avg[key]
         runs = "; ".join(f"{who[i]} " + ", ".join(f"{x:.2f}" for x in v[i]) for i in who)
         per_phase = [d for d in diffs["acc_" + curve.lower()] if d is not None]
-        out.append(f"{curve}, average incremental accuracy ours - authors' "
-                   f"{np.mean(v['ours']) - np.mean(v['authors']):+.2f} (each run: {runs}); per phase from "
-                   f"{min(per_phase):+.2f} to {max(per_phase):+.2f}.")
+        out.append(f"{curve}, average incremental accuracy ours - authors' {_average_difference(v):+.2f} "
+                   f"(each run: {runs}); per phase from {min(per_phase):+.2f} to {max(per_phase):+.2f}.")
     return "Ours - authors' (means over runs). " + " ".join(out)
 
 
@@ -587,14 +591,11 @@ def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -
             diffs[key].append(d)
             cells.append("—" if d is None else f"{d:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
-    cells = ["average", ""]
-    avg = {}
-    for key in ("avg_incremental_acc_cnn", "avg_incremental_acc_nme"):
-        for i in impls:
-            cells.append(_fmt([s[key] for s in summary if s["implementation"] == i]))
-        avg[key] = {i: [s[key] for s in summary if s["implementation"] == i] for i in impls}
+    avg = {key: {i: [s[key] for s in summary if s["implementation"] == i] for i in impls}
+           for key in ("avg_incremental_acc_cnn", "avg_incremental_acc_nme")}
+    cells = ["average", ""] + [_fmt(runs[i]) for runs in avg.values() for i in impls]
     if both:
-        cells += [f"{np.mean(v['ours']) - np.mean(v['authors']):+.2f}" for v in avg.values()]
+        cells += [f"{_average_difference(runs):+.2f}" for runs in avg.values()]
     lines.append("| " + " | ".join(f"**{c}**" if c else c for c in cells) + " |")
     if both:
         lines.append("\n" + spread_note(avg, diffs))

@@ -387,7 +387,6 @@ class Progress:
                         for t, costs in zip(tasks, costs_with_shared_bases(tasks))]
         self.total = sum(sum(c[k0:]) for _, c, k0 in self.tracked) + NOTEBOOK_OVERHEAD * (notebooks + 1)
         self.notebooks_done, self.lock, self.stop = 0, threading.Lock(), threading.Event()
-        self._phases_at_start = {f: k0 for f, _, k0 in self.tracked}
         self.found_at: dict = {}  # (folder, phase) -> share of the phase trained before this invocation
         self.bar = tqdm(total=max(self.total, 1.0), desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
@@ -409,13 +408,14 @@ class Progress:
         done = 0.0
         for f, c, k0 in self.tracked:
             k = max(k0, self._phases_done(f))
-            done += sum(c[k0:k]) + (c[k] * self._share_of_phase(f, k) if k < len(c) else 0.0)
+            done += sum(c[k0:k]) + (c[k] * self._share_of_phase(f, k, k == k0) if k < len(c) else 0.0)
         return min(done + NOTEBOOK_OVERHEAD * self.notebooks_done, self.total)
 
-    def _share_of_phase(self, folder: Path, phase: int) -> float:
+    def _share_of_phase(self, folder: Path, phase: int, resumed: bool) -> float:
         """The share of `phase` that this invocation has trained, from the run's progress.json. A
-        phase resumed from an epoch checkpoint counts from where this invocation found it (less the
-        epoch that told it), so that epochs of an earlier invocation do not make the ETA too short."""
+        phase this invocation started in (`resumed`: it may go on from an epoch checkpoint) counts
+        from where this invocation found it (less the epoch that told it), so that epochs of an
+        earlier invocation do not make the ETA too short."""
         try:
             p = json.loads((folder / PROGRESS_FILE).read_text())
             stage = re.match(r"phase (\d+)( CBF)?", p["phase"])
@@ -425,8 +425,7 @@ class Progress:
         if int(stage[1]) != phase:
             return 0.0
         if (folder, phase) not in self.found_at:
-            first = phase == self._phases_at_start.get(folder)
-            self.found_at[(folder, phase)] = max(share - 1 / p["epochs"], 0.0) if first and not stage[2] else 0.0
+            self.found_at[(folder, phase)] = max(share - 1 / p["epochs"], 0.0) if resumed and not stage[2] else 0.0
         return max(share - self.found_at[(folder, phase)], 0.0)
 
     @staticmethod

@@ -142,3 +142,11 @@ def torchvision_cifar100(tmp_path_factory):
     from lucir.data import load_cifar100
     arrays = load_cifar100(need(CIFAR_DIR))
     return arrays, write_torchvision_cifar100(arrays, tmp_path_factory.mktemp("tv") / "data")
+
+
+def process_alive(pid: int) -> bool:
+    """A process that has not ended, from /proc (Linux): a zombie nobody has reaped yet has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

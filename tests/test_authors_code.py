@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import process_alive
+
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("authors_code", REPO / "benchmarks" / "authors_code.py")
 ac = importlib.util.module_from_spec(_spec)
@@ -246,14 +248,6 @@ ac.run_pairs([(run,)], pin=False, only=None)
 """
 
 
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness's child setup and /proc are Linux's")
 def test_a_killed_harness_leaves_its_time_so_far_and_takes_its_runs_with_it(tmp_path):
     """Runs of the matched comparison outlive a session: a harness killed mid-run leaves the attempt's
@@ -271,13 +265,13 @@ def test_a_killed_harness_leaves_its_time_so_far_and_takes_its_runs_with_it(tmp_
                                           and json.loads(record.read_text())["attempts"][-1]["seconds"] >= 1):
         time.sleep(0.2)
     child = int(pid_file.read_text())
-    assert _alive(child)
+    assert process_alive(child)
     harness.send_signal(signal.SIGKILL)
     harness.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and _alive(child):
+    while time.time() < deadline and process_alive(child):
         time.sleep(0.1)
-    assert not _alive(child), "the run outlived the harness"
+    assert not process_alive(child), "the run outlived the harness"
     attempt = json.loads(record.read_text())["attempts"][-1]
     assert attempt["status"] == "running" and attempt["seconds"] >= 1 and attempt["returncode"] is None
     # the next attempt: the cut-off one is marked interrupted and still counts in the wall time

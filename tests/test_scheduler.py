@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, comparable
+from conftest import TINY, comparable, process_alive
 from lucir import results as res
 from lucir import ray_executor, run_incremental, scheduler
 from lucir import study as study_mod
@@ -167,14 +167,6 @@ def note_pid_and_hold(task, slot) -> dict:
     return {"name": task.name, "status": "done", "error": None}
 
 
-def _alive(pid: int) -> bool:
-    """A process that has not ended (a zombie nobody has reaped yet has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_a_worker_ends_when_its_driver_is_killed_on_its_own(tmp_path):
     """`kill -9 <driver>` (not its process group): the worker must not go on training unseen."""
@@ -191,17 +183,17 @@ def test_a_worker_ends_when_its_driver_is_killed_on_its_own(tmp_path):
             time.sleep(0.1)
         assert pid_file.exists(), "the worker never started"
         worker = int(pid_file.read_text())
-        assert _alive(worker)
+        assert process_alive(worker)
         driver.kill()
         driver.wait()
         deadline = time.time() + 20
-        while _alive(worker) and time.time() < deadline:
+        while process_alive(worker) and time.time() < deadline:
             time.sleep(0.2)
-        assert not _alive(worker), "the worker went on after its driver was killed"
+        assert not process_alive(worker), "the worker went on after its driver was killed"
     finally:
         if driver.poll() is None:
             driver.kill()
-        if worker is not None and _alive(worker):
+        if worker is not None and process_alive(worker):
             os.kill(worker, 9)
 
 
