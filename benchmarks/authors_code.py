@@ -297,13 +297,17 @@ def authors_rows(run_dir: Path, setting: Setting) -> list[dict] | None:
     return rows
 
 
-def ours_rows(run_dir: Path) -> list[dict] | None:
+def ours_rows(run_dir: Path, setting: Setting) -> list[dict] | None:
+    """Per-phase rows of a finished run of ours (None if unfinished: metrics.json grows a phase at a
+    time, so a run under way, or cut off, has fewer than every phase)."""
     f = run_dir / "metrics.json"
     if not f.exists():
         return None
-    m = json.loads(f.read_text())
+    phases = json.loads(f.read_text())["phases"]
+    if len(phases) != setting.phases + 1:
+        return None
     return [{"phase": p["phase"], "classes_seen": p["classes_seen"], "acc_cnn": 100 * p["acc_cnn"],
-             "acc_nme": 100 * p["acc_nme"], "acc_ncm_all": None} for p in m["phases"]]
+             "acc_nme": 100 * p["acc_nme"], "acc_ncm_all": None} for p in phases]
 
 
 # --------------------------------------------------------------------------- running
@@ -322,7 +326,7 @@ class Run:
         return f"ours seed {self.index - 1}" if self.impl == "ours" else f"authors' run {self.index}"
 
     def rows(self):
-        return ours_rows(self.folder) if self.impl == "ours" else authors_rows(self.folder, self.setting)
+        return (ours_rows if self.impl == "ours" else authors_rows)(self.folder, self.setting)
 
     def record(self) -> dict:
         f = self.folder / "harness.json"

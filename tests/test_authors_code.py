@@ -202,6 +202,20 @@ def test_a_log_that_disagrees_with_the_saved_array_is_an_error(tmp_path):
         auth.rows()
 
 
+def test_a_run_of_ours_under_way_is_neither_finished_nor_in_the_table(tmp_path):
+    """metrics.json grows a phase at a time: a run cut off after some phases must be run again (it
+    resumes), not taken as done, and its phases so far must not enter the averages."""
+    setting, pairs = _fake_runs(tmp_path)
+    ours = pairs[1][0]
+    metrics = json.loads((ours.folder / "metrics.json").read_text())
+    metrics["phases"] = metrics["phases"][:2]
+    (ours.folder / "metrics.json").write_text(json.dumps(metrics))
+    assert ours.rows() is None and not ac._finished(ours) and ac._finished(pairs[0][0])
+    ac.write_report(pairs, tmp_path / "out", setting, tiny=False)
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "(ours: 1, authors': 2)" in md and "| ours seed 1 |" not in md
+
+
 def test_matched_setting_flags():
     ours = ac.MATCHED.ours_args(1)
     for s in ("phases=10", "epochs=8", "lr_milestones=4,6", "base_epochs=8", "base_lr_milestones=4,6", "seed=1"):
