@@ -293,8 +293,32 @@ def authors_rows(run_dir: Path, setting: Setting) -> list[dict] | None:
         if not np.allclose(saved[start + t], [r["acc_cnn"], r["acc_nme"], r["acc_ncm_all"]], atol=0.006):
             raise RuntimeError(f"{run_dir}: phase {t}: log {r} disagrees with the saved array {saved[start + t]}")
         r.update(phase=t, classes_seen=setting.base_classes + t * setting.per_phase)
+        cm = run_dir / "checkpoint" / (f"{CKP_PREFIX}_nb_cl_fg_{setting.base_classes}_nb_cl_{setting.per_phase}_"
+                                       f"nb_protos_20_run_0_iteration_{start + t}_confusion_matrix.pth")
+        r.update(old_new_accuracy(_authors_cnn_confusion(cm), r["classes_seen"] - setting.per_phase if t else 0))
         del r["batch"]
     return rows
+
+
+def _authors_cnn_confusion(path: Path) -> np.ndarray | None:
+    """The CNN confusion matrix the authors' script pickles after each phase (rows: true class,
+    by position in the class order; its array stacks CNN, iCaRL and NCM), None if absent."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        return np.asarray(pickle.load(fh))[0]
+
+
+def old_new_accuracy(confusion: np.ndarray | None, old_classes: int) -> dict:
+    """CNN accuracy (%) on the test images of the classes seen before this phase (old) and of the
+    classes it adds (new), each over all classes seen, from a confusion matrix whose rows and
+    columns follow the class order; the base phase has no old classes."""
+    if confusion is None:
+        return {"acc_old_cnn": None, "acc_new_cnn": None}
+    hits = np.diag(confusion)
+    new = 100 * hits[old_classes:].sum() / confusion[old_classes:].sum()
+    old = 100 * hits[:old_classes].sum() / confusion[:old_classes].sum() if old_classes else None
+    return {"acc_old_cnn": None if old is None else float(old), "acc_new_cnn": float(new)}
 
 
 def ours_rows(run_dir: Path, setting: Setting) -> list[dict] | None:
@@ -306,8 +330,10 @@ def ours_rows(run_dir: Path, setting: Setting) -> list[dict] | None:
     phases = json.loads(f.read_text())["phases"]
     if len(phases) != setting.phases + 1:
         return None
+    pct = lambda x: None if x is None else 100 * x  # noqa: E731
     return [{"phase": p["phase"], "classes_seen": p["classes_seen"], "acc_cnn": 100 * p["acc_cnn"],
-             "acc_nme": 100 * p["acc_nme"], "acc_ncm_all": None} for p in phases]
+             "acc_nme": 100 * p["acc_nme"], "acc_ncm_all": None,
+             "acc_old_cnn": pct(p.get("acc_old_cnn")), "acc_new_cnn": pct(p.get("acc_new_cnn"))} for p in phases]
 
 
 # --------------------------------------------------------------------------- running
@@ -489,6 +515,9 @@ def _fmt(values) -> str:
     return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"
 
 
+PER_PHASE = ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_ncm_all", "acc_old_cnn", "acc_new_cnn")
+
+
 def write_report(pairs, out: Path, setting: Setting, tiny: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for pair in pairs for r in pair]
@@ -501,8 +530,7 @@ def write_report(pairs, out: Path, setting: Setting, tiny: bool) -> dict:
         wall = sum(a["seconds"] for a in attempts)
         cpu = [a.get("cpu_seconds") for a in attempts]
         for row in rows:
-            long_rows.append({"implementation": r.impl, "run": label, **{k: row[k] for k in
-                              ("phase", "classes_seen", "acc_cnn", "acc_nme", "acc_ncm_all")}})
+            long_rows.append({"implementation": r.impl, "run": label, **{k: row[k] for k in PER_PHASE}})
         summary.append({"implementation": r.impl, "run": label,
                         "avg_incremental_acc_cnn": float(np.mean([x["acc_cnn"] for x in rows])),
                         "avg_incremental_acc_nme": float(np.mean([x["acc_nme"] for x in rows])),
@@ -511,7 +539,7 @@ def write_report(pairs, out: Path, setting: Setting, tiny: bool) -> dict:
                         "cpu_seconds": round(sum(cpu), 1) if None not in cpu else None,
                         "attempts": len(attempts)})
     with open(out / "per_phase.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["implementation", "run", "phase", "classes_seen", "acc_cnn", "acc_nme", "acc_ncm_all"])
+        w = csv.DictWriter(fh, ["implementation", "run", *PER_PHASE])
         w.writeheader()
         w.writerows(long_rows)
     with open(out / "summary.csv", "w", newline="") as fh:
@@ -565,6 +593,29 @@ def spread_note(avg: dict, diffs: dict) -> str:
     return "Ours - authors' (means over runs). " + " ".join(out)
 
 
+def old_new_table(long_rows, both: bool) -> list[str]:
+    """Where each side's accuracy comes from after the base phase: CNN accuracy on old and on new
+    classes per phase, mean ± std over runs, and ours - authors' (empty if no run has them)."""
+    if not any(r.get("acc_old_cnn") is not None for r in long_rows):
+        return []
+    sides = [("ours", "ours"), ("authors", "authors'")]
+    head = ["phase"] + [f"{n} {k}" for k in ("old", "new") for _, n in sides]
+    head += [f"{k} ours - authors'" for k in ("old", "new")] if both else []
+    lines = ["\nCNN accuracy (%) on the test images of the classes seen before each phase (old) and of the "
+             "classes it adds (new), over all classes seen; mean ± sample std over the runs (ours from "
+             "metrics.json, the authors' from the confusion matrices their script pickles):\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in sorted({r["phase"] for r in long_rows if r["phase"] > 0}):
+        cells = [str(p)]
+        for key in ("acc_old_cnn", "acc_new_cnn"):
+            cells += [_fmt([r[key] for r in long_rows if r["implementation"] == i and r["phase"] == p]) for i, _ in sides]
+        for key in ("acc_old_cnn", "acc_new_cnn") if both else ():
+            d = _mean_difference(long_rows, p, key)
+            cells.append("—" if d is None else f"{d:+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -> str:
     impls = ["ours", "authors"]
     names = {"ours": "ours", "authors": "authors' code"}
@@ -603,6 +654,7 @@ def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -
     lines.append("| " + " | ".join(f"**{c}**" if c else c for c in cells) + " |")
     if both:
         lines.append("\n" + spread_note(avg, diffs))
+    lines += old_new_table(long_rows, both)
     for i in impls:
         walls = [s["wall_seconds"] / 60 for s in summary if s["implementation"] == i]
         cpus = [s["cpu_seconds"] / 60 for s in summary if s["implementation"] == i and s.get("cpu_seconds") is not None]
@@ -627,20 +679,24 @@ def plot_curves(long_rows, path: Path, setting: Setting, tiny: bool) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    panels = [("acc_cnn", "LUCIR-CNN"), ("acc_nme", "LUCIR-NME")]
+    if any(r.get("acc_old_cnn") is not None for r in long_rows):
+        panels.append(("acc_old_cnn", "LUCIR-CNN on the old classes"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True)
     style = {"ours": ("tab:blue", "ours"), "authors": ("tab:red", "authors' code")}
-    for ax, key, title in ((axes[0], "acc_cnn", "CNN"), (axes[1], "acc_nme", "NME")):
+    for ax, (key, title) in zip(axes, panels):
         for impl, (color, name) in style.items():
             rows = [r for r in long_rows if r["implementation"] == impl]
             for k, run in enumerate(sorted({r["run"] for r in rows})):
-                pts = sorted((r["classes_seen"], r[key]) for r in rows if r["run"] == run)
-                ax.plot(*zip(*pts), color=color, marker="o", ms=3, lw=1.2,
-                        ls="-" if k == 0 else "--", label=run)
-        ax.set_title(f"LUCIR-{title}")
+                pts = sorted((r["classes_seen"], r[key]) for r in rows if r["run"] == run and r.get(key) is not None)
+                if pts:
+                    ax.plot(*zip(*pts), color=color, marker="o", ms=3, lw=1.2,
+                            ls="-" if k == 0 else "--", label=run)
+        ax.set_title(title)
         ax.set_xlabel("number of classes")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     what = "TINY harness check, not comparable" if tiny else (
         f"CIFAR-100 B{setting.base_classes} + {setting.phases} phases, {setting.epochs} epochs/phase")
     fig.suptitle(f"Ours beside the authors' code: {what}")

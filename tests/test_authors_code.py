@@ -193,6 +193,41 @@ def test_report_tables_hold_every_phase_mean_and_spread(tmp_path):
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
 
 
+def test_old_and_new_class_accuracy_from_a_confusion_matrix_by_hand():
+    cm = np.array([[3, 1, 0, 0], [1, 2, 1, 0], [0, 0, 4, 0], [0, 1, 1, 2]])
+    # 2 old classes: 3 + 2 of their 8 images right; new: 4 + 2 of 8; the base phase: all 11 of 16 are new
+    assert ac.old_new_accuracy(cm, 2) == {"acc_old_cnn": 62.5, "acc_new_cnn": 75.0}
+    assert ac.old_new_accuracy(cm, 0) == {"acc_old_cnn": None, "acc_new_cnn": 68.75}
+    assert ac.old_new_accuracy(None, 2) == {"acc_old_cnn": None, "acc_new_cnn": None}
+
+
+def test_report_splits_each_phase_into_old_and_new_classes(tmp_path):
+    """The authors' script pickles a (CNN, iCaRL, NCM) stack of confusion matrices after each phase
+    (rows by position in the class order); ours writes old- and new-class accuracy in metrics.json."""
+    setting, pairs = _fake_runs(tmp_path)
+    for ours, auth in pairs:
+        metrics = json.loads((ours.folder / "metrics.json").read_text())
+        for p in metrics["phases"][1:]:
+            p.update(acc_old_cnn=0.30 + 0.02 * ours.index, acc_new_cnn=0.70)
+        (ours.folder / "metrics.json").write_text(json.dumps(metrics))
+        for t, seen in enumerate((10, 15, 20)):
+            cm = np.zeros((3, seen, seen))
+            cm[0] = np.eye(seen) * 4 + (1 - np.eye(seen)) * 6 / (seen - 1)  # 4 of 10 images right, every class
+            cm[0, seen - 5:, seen - 5:] += np.eye(5) * 4  # new classes: 8 of 14 right
+            with open(auth.folder / "checkpoint" / (f"{ac.CKP_PREFIX}_nb_cl_fg_10_nb_cl_5_nb_protos_20_run_0_"
+                                                    f"iteration_{1 + t}_confusion_matrix.pth"), "wb") as fh:
+                pickle.dump(cm, fh, 2)
+    rows = pairs[0][1].rows()
+    assert rows[0]["acc_old_cnn"] is None and rows[0]["acc_new_cnn"] == pytest.approx(100 * (40 + 20) / (100 + 20))
+    assert rows[2]["acc_old_cnn"] == pytest.approx(40.0) and rows[2]["acc_new_cnn"] == pytest.approx(100 * 8 / 14)
+    ac.write_report(pairs, tmp_path / "out", setting, tiny=False)
+    md = (tmp_path / "out" / "table.md").read_text()
+    # phase 2: ours old 32, 34 -> 33.00 ± 1.41; the authors' old 40 in both runs; new 70 against 57.14
+    assert "| 2 | 33.00 ± 1.41 | 40.00 ± 0.00 | 70.00 ± 0.00 | 57.14 ± 0.00 | -7.00 | +12.86 |" in md
+    with open(tmp_path / "out" / "per_phase.csv") as fh:
+        assert {r["acc_old_cnn"] for r in csv.DictReader(fh) if r["phase"] == "0"} == {""}
+
+
 def test_a_log_that_disagrees_with_the_saved_array_is_an_error(tmp_path):
     setting, pairs = _fake_runs(tmp_path)
     auth = pairs[0][1]
