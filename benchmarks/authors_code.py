@@ -593,26 +593,38 @@ def spread_note(avg: dict, diffs: dict) -> str:
     return "Ours - authors' (means over runs). " + " ".join(out)
 
 
+def _phase_cells(long_rows, phase: int, keys: tuple, both: bool) -> tuple[list[str], dict]:
+    """One phase's cells of a table: for each key, ours then the authors' (mean ± std over runs);
+    then, if both sides have runs, ours - authors' for each key. Also those differences by key."""
+    cells, diffs = [], {}
+    for key in keys:
+        cells += [_fmt([r[key] for r in long_rows if r["implementation"] == i and r["phase"] == phase])
+                  for i in ("ours", "authors")]
+    for key in keys if both else ():
+        diffs[key] = _mean_difference(long_rows, phase, key)
+        cells.append("—" if diffs[key] is None else f"{diffs[key]:+.2f}")
+    return cells, diffs
+
+
+def _has_old_new(long_rows) -> bool:
+    """Whether any run gave its CNN accuracy on old and new classes (older outputs do not)."""
+    return any(r["acc_old_cnn"] is not None for r in long_rows)
+
+
 def old_new_table(long_rows, both: bool) -> list[str]:
     """Where each side's accuracy comes from after the base phase: CNN accuracy on old and on new
     classes per phase, mean ± std over runs, and ours - authors' (empty if no run has them)."""
-    if not any(r.get("acc_old_cnn") is not None for r in long_rows):
+    if not _has_old_new(long_rows):
         return []
-    sides = [("ours", "ours"), ("authors", "authors'")]
-    head = ["phase"] + [f"{n} {k}" for k in ("old", "new") for _, n in sides]
+    head = ["phase"] + [f"{n} {k}" for k in ("old", "new") for n in ("ours", "authors'")]
     head += [f"{k} ours - authors'" for k in ("old", "new")] if both else []
     lines = ["\nCNN accuracy (%) on the test images of the classes seen before each phase (old) and of the "
              "classes it adds (new), over all classes seen; mean ± sample std over the runs (ours from "
              "metrics.json, the authors' from the confusion matrices their script pickles):\n",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted({r["phase"] for r in long_rows if r["phase"] > 0}):
-        cells = [str(p)]
-        for key in ("acc_old_cnn", "acc_new_cnn"):
-            cells += [_fmt([r[key] for r in long_rows if r["implementation"] == i and r["phase"] == p]) for i, _ in sides]
-        for key in ("acc_old_cnn", "acc_new_cnn") if both else ():
-            d = _mean_difference(long_rows, p, key)
-            cells.append("—" if d is None else f"{d:+.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        cells, _ = _phase_cells(long_rows, p, ("acc_old_cnn", "acc_new_cnn"), both)
+        lines.append("| " + " | ".join([str(p), *cells]) + " |")
     return lines
 
 
@@ -637,15 +649,10 @@ def markdown_table(long_rows, summary, setting: Setting, tiny: bool, notes=()) -
     phases = sorted({(r["phase"], r["classes_seen"]) for r in long_rows})
     diffs = {"acc_cnn": [], "acc_nme": []}
     for p, c in phases:
-        cells = [str(p), str(c)]
-        for key in ("acc_cnn", "acc_nme"):
-            for i in impls:
-                cells.append(_fmt([r[key] for r in long_rows if r["implementation"] == i and r["phase"] == p]))
-        for key in diffs if both else ():
-            d = _mean_difference(long_rows, p, key)
-            diffs[key].append(d)
-            cells.append("—" if d is None else f"{d:+.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        cells, d = _phase_cells(long_rows, p, tuple(diffs), both)
+        for key in d:
+            diffs[key].append(d[key])
+        lines.append("| " + " | ".join([str(p), str(c), *cells]) + " |")
     avg = {key: {i: [s[key] for s in summary if s["implementation"] == i] for i in impls}
            for key in ("avg_incremental_acc_cnn", "avg_incremental_acc_nme")}
     cells = ["average", ""] + [_fmt(runs[i]) for runs in avg.values() for i in impls]
@@ -680,7 +687,7 @@ def plot_curves(long_rows, path: Path, setting: Setting, tiny: bool) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [("acc_cnn", "LUCIR-CNN"), ("acc_nme", "LUCIR-NME")]
-    if any(r.get("acc_old_cnn") is not None for r in long_rows):
+    if _has_old_new(long_rows):
         panels.append(("acc_old_cnn", "LUCIR-CNN on the old classes"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True)
     style = {"ours": ("tab:blue", "ours"), "authors": ("tab:red", "authors' code")}
