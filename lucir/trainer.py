@@ -147,12 +147,18 @@ def compiled_backbone(model: Net):
 
 
 # --------------------------------------------------------------------------- the batch loss
+def _loss_precision(t: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 (amp) up to float32; float32 unchanged (the same tensor); float64 kept."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def batch_loss(c: Config, out, old, targets: torch.Tensor, n_old: int, lam: float) -> dict:
     """The loss terms of one batch; their sum is Eq. 9 for LUCIR (or the baseline's loss).
     `old` is the frozen old model's output on the same batch, None without distillation.
-    The losses are computed in float32 whatever precision the forward pass ran in (`amp`)."""
-    out = Output(*(t.float() for t in out))
-    old = None if old is None else Output(*(t.float() for t in old))
+    The losses are computed in float32 whatever lower precision the forward pass ran in (`amp`);
+    a float64 model keeps float64 (tests compare it with the authors' code beyond float32's rounding)."""
+    out = Output(*(_loss_precision(t) for t in out))
+    old = None if old is None else Output(*(_loss_precision(t) for t in old))
     terms = {"ce": losses.cross_entropy(out.logits, targets)}                          # Eq. 1
     if old is None:
         return terms
