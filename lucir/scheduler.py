@@ -408,8 +408,15 @@ class Progress:
         done = 0.0
         for f, c, k0 in self.tracked:
             k = max(k0, self._phases_done(f))
-            done += sum(c[k0:k]) + (c[k] * self._share_of_phase(f, k, k == k0) if k < len(c) else 0.0)
-        return min(done + NOTEBOOK_OVERHEAD * self.notebooks_done, self.total)
+            done += sum(c[j] * (1.0 - self.found_at.get((f, j), 0.0)) for j in range(k0, k))
+            done += c[k] * self._share_of_phase(f, k, k == k0) if k < len(c) else 0.0
+        return min(done + NOTEBOOK_OVERHEAD * self.notebooks_done, self.work_to_do())
+
+    def work_to_do(self) -> float:
+        """The bar's total: all phases not finished before this invocation, less the epochs of a
+        resumed phase that an earlier invocation trained (neither this one's work nor still to do)."""
+        costs = {f: c for f, c, _ in self.tracked}
+        return self.total - sum(costs[f][phase] * share for (f, phase), share in self.found_at.items())
 
     def _share_of_phase(self, folder: Path, phase: int, resumed: bool) -> float:
         """The share of `phase` that this invocation has trained, from the run's progress.json. A
@@ -448,6 +455,7 @@ class Progress:
             if postfix is not None:
                 self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.n = self.work_done()
+            self.bar.total = max(self.work_to_do(), 1.0)
             self.bar.refresh()
             if not self.enabled:
                 return

@@ -199,7 +199,8 @@ def test_a_worker_ends_when_its_driver_is_killed_on_its_own(tmp_path):
 
 def test_the_bar_moves_with_each_epoch_and_counts_only_this_invocations_epochs(tmp_path):
     """The study's bar: a phase under way counts by its epochs (progress.json), a phase resumed from
-    an epoch checkpoint from where this invocation found it, a finished phase in full."""
+    an epoch checkpoint from where this invocation found it (its earlier epochs leave the total too,
+    so that the ETA is that of the work left), a finished phase in full."""
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"phases": [{}]}))  # phase 0 done by an earlier call
@@ -213,11 +214,15 @@ def test_the_bar_moves_with_each_epoch_and_counts_only_this_invocations_epochs(t
         assert bar.work_done() == 0.0
         # phase 1 resumed at epoch 2 of 10: the first epoch this call trains is worth 1/10 of 10
         assert epoch("phase 1 (50+5 classes)", 3, 10) == pytest.approx(1.0)
+        # ... and the 2 epochs trained before leave the work to do: 18 of phases 1-2, and the report
+        assert bar.work_to_do() == pytest.approx(18.0 + scheduler.NOTEBOOK_OVERHEAD)
         assert epoch("phase 1 (50+5 classes)", 8, 10) == pytest.approx(6.0)
         (folder / "metrics.json").write_text(json.dumps({"phases": [{}, {}]}))
-        assert epoch("phase 1 (50+5 classes)", 10, 10) == pytest.approx(10.0)  # stale: phase 1 is done
-        assert epoch("phase 2 (55+5 classes)", 4, 10) == pytest.approx(10.0 + 4.0)  # started here: all of it
-        assert epoch("phase 2 CBF", 1, 30) == pytest.approx(20.0)
+        assert epoch("phase 1 (50+5 classes)", 10, 10) == pytest.approx(8.0)  # stale: phase 1 is done
+        assert epoch("phase 2 (55+5 classes)", 4, 10) == pytest.approx(8.0 + 4.0)  # started here: all of it
+        assert epoch("phase 2 CBF", 1, 30) == pytest.approx(18.0)
+        bar.notebook_finished()
+        assert bar.work_done() == bar.work_to_do()  # all done: the bar is full
     finally:
         bar.close()
 
