@@ -343,7 +343,7 @@ def test_an_incremental_phase_trains_step_for_step_like_the_authors_trainer(tmp_
     augmentation on either side (ours switched off here, theirs is its loader's, which the batch
     replaces), 3 epochs with the lr divided after 2, imprinting replaced by given weights on both.
 
-    In float64: in float32 the two agree after one step to 1e-6, but from a random initialisation on
+    In float64: in float32 the two agree after one step to 1e-5, but from a random initialisation on
     one small batch the rounding (of the first BatchNorm layers' gradients above all) grows to 1e-3
     within two steps, in either program alone too (a different memory layout of the same input does
     it); in float64 the two programs end the 3 epochs equal to 1e-12."""
