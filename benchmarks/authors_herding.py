@@ -10,6 +10,7 @@ eval mode without augmentation, as the authors' script herds them; then it picks
 class with both rules and prints, per phase, in how many classes the two sets differ, how many
 exemplars they share on average, and how far the mean of each set lies from the class mean (the
 quantity herding makes small).
+With --out DIR it also writes them to DIR/herding_runK.csv.
 
 The two rules (features l2-normalised, mu their mean): ours (lucir.memory.herding) adds at step k
 the sample not yet chosen whose addition brings the mean of the chosen ones closest to mu. The
