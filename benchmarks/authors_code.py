@@ -786,6 +786,20 @@ def _time_ours(batches: int) -> dict:
     return out
 
 
+def authors_optimizer(model, incremental: bool, milestones):
+    """SGD and its lr schedule as the authors' script builds them for a phase (lr 0.1, momentum 0.9,
+    weight decay 5e-4, lr / 10 at `milestones`); in an incremental phase the old-class embeddings
+    (`fc.fc1`) are fixed by lr 0 and no weight decay."""
+    import torch
+    params = model.parameters()
+    if incremental:
+        fc1 = list(map(id, model.fc.fc1.parameters()))
+        params = [{"params": [p for p in model.parameters() if id(p) not in fc1], "lr": 0.1, "weight_decay": 5e-4},
+                  {"params": model.fc.fc1.parameters(), "lr": 0, "weight_decay": 0}]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+
+
 def _time_authors(code: Path, data: Path, batches: int) -> dict:
     """Images/s of the authors' own training function (incremental_train_and_eval_MR_LF, patched) in
     its base and incremental branches, and of its compute_features, on CIFAR-100 through torchvision
@@ -817,13 +831,7 @@ def _time_authors(code: Path, data: Path, batches: int) -> dict:
     model = modified_resnet_cifar.resnet32(num_classes=50)
 
     def run(m, ref, it, count, n_cls, lam):
-        opt_params = m.parameters()
-        if ref is not None:  # as the script: old-class embeddings fixed (lr 0, no weight decay)
-            fc1 = list(map(id, m.fc.fc1.parameters()))
-            opt_params = [{"params": [p for p in m.parameters() if id(p) not in fc1], "lr": 0.1, "weight_decay": 5e-4},
-                          {"params": m.fc.fc1.parameters(), "lr": 0, "weight_decay": 0}]
-        opt = torch.optim.SGD(opt_params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[4, 6], gamma=0.1)
+        opt, sched = authors_optimizer(m, incremental=ref is not None, milestones=[4, 6])
         tl = loader(n_cls, count, train_tf, True, bs)
         tic = _clock()
         incremental_train_and_eval_MR_LF(1, m, ref, opt, sched, tl, test, it, 9, lam, 0.5, 2, 1.0)

@@ -417,11 +417,7 @@ def test_an_incremental_phase_trains_step_for_step_like_the_authors_trainer(tmp_
 
         # Their script's lambda, optimiser and call for this phase.
         lam = 5 * math.sqrt(n_old / n_new)
-        fc1 = list(map(id, theirs.fc.fc1.parameters()))
-        groups = [{"params": [p for p in theirs.parameters() if id(p) not in fc1], "lr": 0.1, "weight_decay": 5e-4},
-                  {"params": theirs.fc.fc1.parameters(), "lr": 0, "weight_decay": 0}]
-        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2], gamma=0.1)
+        opt, sched = ac.authors_optimizer(theirs, incremental=True, milestones=[2])
         capsys.readouterr()
         incremental_train_and_eval_MR_LF(epochs, theirs, ref, opt, sched, [(x, y)], [(x, y)], 11, 9,
                                          lam, 0.5, 2, 1.0, device=torch.device("cpu"))
