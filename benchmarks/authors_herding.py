@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from authors_code import CKP_PREFIX, SCRIPT, MATCHED  # noqa: E402
-from lucir.data import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from lucir.data import CIFAR_MEAN, CIFAR_STD, normalize  # noqa: E402
 from lucir.memory import herding  # noqa: E402
 
 PER_CLASS = 20  # R_per of the matched setting
@@ -78,7 +78,6 @@ def main(argv=None) -> int:
         train = pickle.load(fh, encoding="latin1")
     images = torch.from_numpy(train["data"].reshape(-1, 3, 32, 32))
     labels = np.asarray(train["fine_labels"])
-    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     per = MATCHED.per_phase
     first = MATCHED.base_classes // per - 1  # the authors' iteration of the base phase
     rows = []
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
         positions = range(0, MATCHED.base_classes) if phase == 0 else range(it * per, (it + 1) * per)
         differ, shared, extra, dist_a, dist_o = 0, [], [], [], []
         for pos in positions:
-            x = (images[labels == order[pos]].float() / 255 - mean) / std
+            x = normalize(images[labels == order[pos]], CIFAR_MEAN, CIFAR_STD).contiguous()  # as their loader
             with torch.no_grad():
                 f = features(x).flatten(1).double().numpy()
             theirs, steps = authors_rule(f, PER_CLASS)
