@@ -119,6 +119,34 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, cas
     assert resumed["phases"][phase]["seconds"] >= state["seconds"]
 
 
+def test_a_killed_run_moved_to_another_machine_as_one_file_resumes_there(tmp_path):
+    """docs/resume.md, "Moving a run": the run folder and the cache folder packed into one tar
+    (lock files left out), unpacked under other paths, and resumed there by the same command with
+    those paths, ends as a run that was never interrupted. The paper-protocol run travels so."""
+    values = dict(LONG, cache_base=True)
+    reference = run_incremental(_config("lucir", values, tmp_path / "cache_ref"), tmp_path / "reference")
+    here = tmp_path / "here"
+    args = command("lucir", dict(values, cache_dir=here / "cache", device="cpu", progress=False), here / "run")
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, "1", "train", "2", *args],
+                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    packed = tmp_path / "run.tar"
+    subprocess.run(["tar", "-cf", packed, "--exclude=*.lock", "-C", here, "run", "cache"],
+                   check=True)
+    there = tmp_path / "there"
+    there.mkdir()
+    subprocess.run(["tar", "-xf", packed, "-C", there], check=True)
+    assert not list(there.rglob("*.lock")) and res.epoch_checkpoint_path(there / "run").exists()
+    args = command("lucir", dict(values, cache_dir=there / "cache", device="cpu", progress=False), there / "run")
+    again = subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    moved = res.load_metrics(there / "run")
+    assert moved["complete"] and comparable(moved) == comparable(reference)
+    # phase 0 came from the unpacked cache, not from training the base phase again
+    assert moved["phases"][0]["seconds"] == res.load_metrics(here / "run")["phases"][0]["seconds"]
+
+
 def _config(preset, values, cache):
     from lucir import make_config
     return make_config(preset, **dict(values, cache_dir=str(cache)))
