@@ -72,6 +72,20 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
 
 
+def run_killed(args: list[str], phase: int, stage: str, epoch: int) -> None:
+    """`python -m lucir` with `args`, SIGKILLed in the epoch after checkpoint (phase, stage, epoch)."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(phase), stage, str(epoch), *args],
+                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+
+def run_again(args: list[str]) -> None:
+    """The same `python -m lucir` command again, to the end."""
+    again = subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 def _weights(out: Path, phase: int) -> dict:
     return torch.load(res.checkpoint_path(out, phase), weights_only=True)["model"]
 
@@ -93,9 +107,7 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, cas
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     args = command(preset, dict(values, cache_dir=cache, device="cpu", progress=False), out)
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(phase), stage, str(epoch), *args],
-                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_killed(args, phase, stage, epoch)
     if phase == 0 and values["cache_base"]:  # the base phase trained for the cache keeps its state there
         partial = list(cache.rglob("*.partial.pt"))
         assert len(partial) == 1 and not res.epoch_checkpoint_path(out).exists()
@@ -105,9 +117,7 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, cas
     assert (state["phase"], state["stage"], state["epoch"]) == (phase, stage, epoch)
     assert not res.is_complete(out) and not res.checkpoint_path(out, phase).exists()
 
-    again = subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
+    run_again(args)
     resumed = res.load_metrics(out)
     assert resumed["complete"] and comparable(resumed) == comparable(ref_metrics)
     last = len(ref_metrics["phases"]) - 1
@@ -127,9 +137,7 @@ def test_a_killed_run_moved_to_another_machine_as_one_file_resumes_there(tmp_pat
     reference = run_incremental(_config("lucir", values, tmp_path / "cache_ref"), tmp_path / "reference")
     here = tmp_path / "here"
     args = command("lucir", dict(values, cache_dir=here / "cache", device="cpu", progress=False), here / "run")
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, "1", "train", "2", *args],
-                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_killed(args, 1, "train", 2)
     packed = tmp_path / "run.tar"
     subprocess.run(["tar", "-cf", packed, "--exclude=*.lock", "-C", here, "run", "cache"],
                    check=True)
@@ -138,9 +146,7 @@ def test_a_killed_run_moved_to_another_machine_as_one_file_resumes_there(tmp_pat
     subprocess.run(["tar", "-xf", packed, "-C", there], check=True)
     assert not list(there.rglob("*.lock")) and res.epoch_checkpoint_path(there / "run").exists()
     args = command("lucir", dict(values, cache_dir=there / "cache", device="cpu", progress=False), there / "run")
-    again = subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
+    run_again(args)
     moved = res.load_metrics(there / "run")
     assert moved["complete"] and comparable(moved) == comparable(reference)
     # phase 0 came from the unpacked cache, not from training the base phase again
