@@ -100,7 +100,7 @@ class Config:
     compile: bool = _f(False, "torch.compile the backbone for training (the growing head stays eager; a graph break "
                        "or too many recompiles is an error); changes float rounding, so results")
     deterministic: bool = _f(False, "GPU runs: deterministic cuDNN and torch algorithms, so a run repeats to the bit "
-                             "(CPU runs always do); runtime only, slower on a GPU")
+                             "(CPU runs always do, on one machine: docs/resume.md); runtime only, slower on a GPU")
     dist_timeout_minutes: float = _f(60.0, "torchrun runs: minutes a rank may wait in a collective (for another rank's "
                                      "work, e.g. rank 0 waiting on the base-phase cache lock) before the job stops "
                                      "(torch's default: 10 for nccl); runtime only")
