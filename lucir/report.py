@@ -655,8 +655,10 @@ def export(results_dir, reports_dir) -> list[Path]:
         written.append(out / "headline.md")
         plots.setup()
         fig = plots.main_curves(main)
-        fig.suptitle(f"{(study or {}).get('profile', 'study')}: accuracy after each phase (mean and std over runs)")
-        res.atomic_write(out / "main_curves.png", lambda p: fig.savefig(p, format="png", dpi=110))
+        # two lines and a tight box: one panel is narrower than the title on one line
+        fig.suptitle(f"{(study or {}).get('profile', 'study')}: accuracy after each phase\n(mean and std over runs)")
+        res.atomic_write(out / "main_curves.png",
+                         lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
         written.append(out / "main_curves.png")
     return written
