@@ -82,3 +82,32 @@ def test_the_protocol_is_in_the_repository_and_nothing_cites_a_file_outside_it()
     citing = [p for p in tracked if p != "tests/test_readme.py"
               and "SPEC.md" in (ROOT / p).read_text(errors="ignore")]
     assert not citing, f"files citing SPEC.md: {citing}"
+
+
+def test_readme_results_table_holds_the_paper_scale_reports_and_the_published_numbers():
+    """The table that opens the README's results: every number in its 'paper' column is a published
+    one (lucir.published), and every number in its 'ours' column is that of the committed report it
+    names, a report at the paper's scale (its headline compares with the published number rather
+    than saying 'not comparable')."""
+    import pandas as pd
+    from lucir import published
+    section = README[README.index("## Results: what the study measured"):]
+    rows = [line for line in section.splitlines() if line.startswith("| LUCIR-") or line.startswith("| iCaRL-")
+            or line.startswith("| Fig. 9")]
+    assert len(rows) >= 7
+    known = {v for *_, v, _ in published.AVERAGE_INCREMENTAL_ACCURACY} | set(published.FINAL_ACCURACY_ONE_PHASE.values())
+    checked = 0
+    for row in rows:
+        cell, paper, ours, diff, _podnet, _cost, report = [c.strip() for c in row.strip("|").split("|")]
+        assert {float(v) for v in paper.split(" / ")} <= known, row
+        if ours in ("running", "not run yet"):
+            continue
+        curve, phases = cell.split(",")[0], int(cell.split(",")[1].split()[0])
+        head = pd.read_csv(ROOT / "reports" / report.strip("`") / "headline.csv")
+        mine = head[(head.curve == curve) & (head.phases == phases) & (head["published source"] == published.PAPER)]
+        assert len(mine) == 1, row
+        assert f"{mine.ours.iloc[0]:.2f}" == ours and float(paper) == mine.published.iloc[0], row
+        assert f"{mine['ours - published'].iloc[0]:+.2f}" == diff, row
+        assert "not comparable" not in mine.comparison.iloc[0], row
+        checked += 1
+    assert checked >= 2
