@@ -20,7 +20,6 @@ rounds rather than as a difference between layouts. A CPU run's numbers depend o
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -32,21 +31,16 @@ def worker(threads: int, start_at: float, seconds: float, data_dir: str) -> None
     """Train the LUCIR incremental step from `start_at` for `seconds`; print images/s as JSON."""
     import torch
     torch.set_num_threads(threads)
+    from throughput import incremental_model  # benchmarks/, this script's folder
+
     from lucir import make_config
     from lucir.data import load_dataset
-    from lucir.models import add_classes, build_model
     from lucir.trainer import train_epochs
 
     torch.manual_seed(0)
     cfg = make_config("lucir", data_dir=data_dir, progress=False, device="cpu")
     data = load_dataset(cfg)
-    model = build_model("resnet32", 50, True, False).to(memory_format=torch.channels_last)
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    add_classes(model, 10)  # B50 + 5 phases: 50 old classes (fixed weights), 10 new
-    model.head.old_weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, old, params = incremental_model(torch.device("cpu"))  # B50 + 5 phases: 50 old classes, 10 new
     idx = torch.nonzero(data.train_labels < 60).flatten()
     gen = torch.Generator().manual_seed(0)
     chunk = idx[: 4 * cfg.batch_size]  # four batches per call, so the clock is read often
@@ -90,7 +84,8 @@ def main() -> None:
     if args.worker:
         worker(args.threads, args.start_at, args.seconds, args.data)
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from lucir.scheduler import cpu_threads
+    cores = cpu_threads()
     layouts = {f"1 x {cores}": (1, cores), f"{cores} x 1": (cores, 1), f"2 x {cores}": (2, cores)}
     rates: dict[str, list[float]] = {name: [] for name in layouts}
     print(f"{cores} cores; real LUCIR incremental step (B50 + 5 shapes, batch 128), {args.seconds:.0f} s a layout, "

@@ -108,6 +108,18 @@ def jpeg_benchmark(args, device) -> None:
           f"({torch.get_num_threads()} threads)")
 
 
+def incremental_model(device):
+    """The model of an incremental phase of B50 + 5 phases: 50 old classes with fixed weights, 10
+    new, and the frozen old model beside it. Returns (model, old model, trainable parameters)."""
+    model = build_model("resnet32", 50, True, False).to(device=device, memory_format=torch.channels_last)
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    add_classes(model, 10)
+    model.head.old_weight.requires_grad_(False)
+    return model, old, [p for p in model.parameters() if p.requires_grad]
+
+
 def timed(fn, steps: int, warmup: int, device) -> float:
     for _ in range(warmup):
         fn()
@@ -149,14 +161,7 @@ def main() -> None:
     bs, n = 128, args.batches
     cfg = make_config("lucir", data_dir=args.data, progress=False, device=str(device))
 
-    # the incremental-phase model: 50 old classes (fixed), 10 new, as in B50 + 5 phases
-    model = build_model("resnet32", 50, True, False).to(device=device, memory_format=torch.channels_last)
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    add_classes(model, 10)
-    model.head.old_weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, old, params = incremental_model(device)
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 60, (bs,), device=device)
