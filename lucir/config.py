@@ -44,6 +44,8 @@ class Config:
     base_classes: int = _f(50, "classes of the base phase (Sec. 4.1: half); 0 = B0, no base phase")
     phases: int = _f(5, "incremental phases after the base phase (1, 2, 5, 10 in Fig. 5)")
     class_order_seed: int = _f(1993, "seed of the class order (np.random.seed(1993) + shuffle)")
+    class_order_run: int = _f(0, "which order of that seed: run k of the authors' code (--nb_runs) takes the (k+1)-th "
+                              "shuffle of np.arange(classes) after np.random.seed(class_order_seed); 0 = the paper's")
     seed: int = _f(0, "run seed: initialisation, sampling, augmentation (separate from the order)")
     image_size: int = _f(224, "ImageNet crop size (RandomResizedCrop / CenterCrop); CIFAR is 32")
     # --- model (Sec. 3.2, 4.1) ---
@@ -319,6 +321,8 @@ def validate(c: Config) -> None:
     for name in ("lr", "cbf_lr", "eta_init", "dist_timeout_minutes"):
         if not getattr(c, name) > 0:
             raise ConfigError(f"field '{name}' must be positive, got {getattr(c, name)}")
+    if c.class_order_run < 0:
+        raise ConfigError(f"field 'class_order_run' must be 0 or more, got {c.class_order_run}")
     if c.base_classes < 0:
         raise ConfigError(f"base_classes must be 0 or more, got {c.base_classes}")
     if c.num_classes is not None:

@@ -36,25 +36,29 @@ class DataError(RuntimeError):
     """Missing or corrupt data; the message says where we looked and how to point at data."""
 
 
-def class_order(num_classes: int, seed: int = 1993) -> list[int]:
-    """The fixed random class order: np.random.seed(seed) then shuffle(arange) (Sec. 4.1)."""
+def class_order(num_classes: int, seed: int = 1993, run: int = 0) -> list[int]:
+    """The random class order of run `run` (Sec. 4.1), drawn as the authors' scripts draw it:
+    numpy is seeded once with `seed`, and each of their runs (--nb_runs) shuffles a fresh
+    np.arange(num_classes) in turn, so run k's order is the (k+1)-th shuffle after the seed."""
     rng_state = np.random.get_state()
     np.random.seed(seed)
-    order = np.arange(num_classes)
-    np.random.shuffle(order)
+    for _ in range(run + 1):
+        order = np.arange(num_classes)
+        np.random.shuffle(order)
     np.random.set_state(rng_state)
     return [int(c) for c in order]
 
 
-def imagenet_subset_order(names: list[str], seed: int = 1993, size: int = 100) -> list[int]:
+def imagenet_subset_order(names: list[str], seed: int = 1993, size: int = 100, run: int = 0) -> list[int]:
     """ImageNet-Subset's classes in class order, as indices into `names` (the sorted class folders),
     by the authors' procedure: gen_imagenet_subset.py seeds numpy with 1993 and draws `size`
     folders with np.random.choice(classes, size, replace=False); the subset is then read back as
     sorted folders (ImageFolder), and the training script seeds numpy with `seed` (1993) and
-    shuffles np.arange(size) (class_order) with no other draw in between."""
+    shuffles np.arange(size) once per run (class_order) with no other draw in between. The subset
+    is the same for every run; only the order of its classes changes."""
     chosen = np.random.RandomState(1993).choice(np.asarray(names), size, replace=False)
     subset = sorted(names.index(str(c)) for c in chosen)  # the subset's folders, sorted like `names`
-    return [subset[i] for i in class_order(size, seed)]
+    return [subset[i] for i in class_order(size, seed, run)]
 
 
 def phase_classes(sizes: list[int]) -> list[range]:
@@ -620,9 +624,9 @@ def load_dataset(config: Config) -> Dataset:
         raise ConfigError(f"unknown dataset '{config.dataset}'")
     tr, tr_y, te, te_y, names, source = raw
     total = len(names)
-    order = class_order(total, config.class_order_seed)
+    order = class_order(total, config.class_order_seed, config.class_order_run)
     if config.dataset == "imagenet_subset":
-        order = imagenet_subset_order(names, config.class_order_seed)
+        order = imagenet_subset_order(names, config.class_order_seed, run=config.class_order_run)
     n = config.num_classes or len(order)
     if n > len(order):
         raise ConfigError(f"num_classes={n} but {config.dataset} has {len(order)} classes")

@@ -18,7 +18,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ MAIN_CURVES = ("LUCIR-CNN", "LUCIR-NME", "iCaRL-CNN", "iCaRL-NME", "Joint-CNN")
 ABLATION_ROWS = (("CN", "cn"), ("CN+LC", "cn_lc"), ("CN+LC+IS", "cn_lc_is"), ("CN+LC+IS+CBF", "cn_lc_is_cbf"))
 CONFUSION_PANELS = ("iCaRL-CNN", "iCaRL-NME", "LUCIR-NME", "LUCIR-CNN")  # the order of Fig. 9
 TABLE_COLUMNS = ["experiment", "setting", "dataset", "method", "variant", "classifier", "curve", "phases",
-                 "seed", "class_order_seed", "memory_per_class", "reduced", "phase", "classes_seen", "metric",
+                 "seed", "class_order_seed", "class_order", "memory_per_class", "reduced", "phase", "classes_seen", "metric",
                  "value", "run_dir", "run_seconds"]
 
 
@@ -57,7 +56,8 @@ def run_name(config: Config) -> str:
     """Readable prefix plus a hash of the config without its runtime fields."""
     key = res.run_identity(config)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{config.dataset}-b{config.base_classes}-p{config.phases}-s{config.seed}-{digest}"
+    order = f"-o{config.class_order_run}" if config.class_order_run else ""  # the paper's order: no tag
+    return f"{config.dataset}-b{config.base_classes}-p{config.phases}-s{config.seed}{order}-{digest}"
 
 
 def resolve_results_dir(results_dir) -> Path:
@@ -82,16 +82,30 @@ def run_lock(folder: Path):
 
 
 # --------------------------------------------------------------------------- plans (one per notebook)
-def _grid(seeds, class_order_seeds, config_overrides: dict, **fields):
-    """Overrides of every (class order, seed) pair, on top of the shared config overrides."""
-    for order, seed in product(class_order_seeds, seeds):
-        yield {**config_overrides, **fields, "seed": seed, "class_order_seed": order}
+def runs_of(seeds: list, class_orders: list) -> list[tuple[int, int]]:
+    """The (run seed, class order) of each run. One order: every seed runs on it. As many orders as
+    seeds: run i is (seeds[i], class_orders[i]), the authors' convention, where each of the paper's
+    3 runs has its own class order (run k of their code, lucir.data.class_order) and its own
+    initialisation: seeds [0, 1, 2] with class_orders [0, 1, 2]."""
+    seeds, class_orders = list(seeds), list(class_orders)
+    if len(class_orders) == 1:
+        return [(s, class_orders[0]) for s in seeds]
+    if len(class_orders) != len(seeds):
+        raise ConfigError(f"class_orders must hold one order, or one per seed ({len(seeds)}), "
+                          f"got {class_orders} for seeds {seeds}")
+    return list(zip(seeds, class_orders))
+
+
+def _grid(seeds, class_orders, config_overrides: dict, **fields):
+    """Overrides of every run (runs_of), on top of the shared config overrides."""
+    for seed, order in runs_of(seeds, class_orders):
+        yield {**config_overrides, **fields, "seed": seed, "class_order_run": order}
 
 
 MAIN_METHODS = {"lucir": "LUCIR", "icarl": "iCaRL"}
 
 
-def plan_main_curves(phases: list, joint_phases: list, seeds: list, class_order_seeds: list,
+def plan_main_curves(phases: list, joint_phases: list, seeds: list, class_orders: list,
                      config_overrides: dict, lucir_overrides: dict,
                      methods: list = tuple(MAIN_METHODS)) -> list[PlannedRun]:
     """Fig. 5 / 6: LUCIR, iCaRL (or those of `methods`) and, where asked, joint training, for
@@ -101,14 +115,14 @@ def plan_main_curves(phases: list, joint_phases: list, seeds: list, class_order_
         raise ConfigError(f"main curves: methods must be some of {', '.join(MAIN_METHODS)}, got {list(methods)}")
     plan = []
     for p in phases:
-        for o in _grid(seeds, class_order_seeds, config_overrides, phases=p):
+        for o in _grid(seeds, class_orders, config_overrides, phases=p):
             plan += [PlannedRun(MAIN_METHODS[m], m, {**o, **lucir_overrides} if m == "lucir" else o) for m in methods]
             if p in joint_phases:
                 plan.append(PlannedRun("Joint", "joint", o))
     return plan
 
 
-def plan_component_ablation(phases: int, seeds: list, class_order_seeds: list, config_overrides: dict,
+def plan_component_ablation(phases: int, seeds: list, class_orders: list, config_overrides: dict,
                             rows: list | None = None) -> list[PlannedRun]:
     """Fig. 7a: the rows CN, CN+LC, CN+LC+IS, CN+LC+IS+CBF (or those of them named in `rows`)."""
     known = dict(ABLATION_ROWS)
@@ -116,30 +130,30 @@ def plan_component_ablation(phases: int, seeds: list, class_order_seeds: list, c
     if unknown:
         raise ConfigError(f"unknown ablation row '{unknown[0]}'; rows: {', '.join(known)}")
     chosen = [(name, preset) for name, preset in ABLATION_ROWS if rows is None or name in rows]
-    return [PlannedRun(name, preset, o) for o in _grid(seeds, class_order_seeds, config_overrides, phases=phases)
+    return [PlannedRun(name, preset, o) for o in _grid(seeds, class_orders, config_overrides, phases=phases)
             for name, preset in chosen]
 
 
-def plan_exemplar_count(phases: int, memory_per_class: list, seeds: list, class_order_seeds: list,
+def plan_exemplar_count(phases: int, memory_per_class: list, seeds: list, class_orders: list,
                         config_overrides: dict) -> list[PlannedRun]:
     """Fig. 7b: LUCIR and iCaRL for every R_per."""
     return [PlannedRun(method, preset, o, variant=f"R_per={r}")
             for r in memory_per_class
-            for o in _grid(seeds, class_order_seeds, config_overrides, phases=phases, memory_per_class=r)
+            for o in _grid(seeds, class_orders, config_overrides, phases=phases, memory_per_class=r)
             for method, preset in (("LUCIR", "lucir"), ("iCaRL", "icarl"))]
 
 
-def plan_adaptive_weight(phases: list, seeds: list, class_order_seeds: list,
+def plan_adaptive_weight(phases: list, seeds: list, class_orders: list,
                          config_overrides: dict) -> list[PlannedRun]:
     """Fig. 8: LUCIR with the adaptive lambda of Eq. 7 and with the fixed lambda_base."""
     return [PlannedRun("LUCIR", "lucir", {**o, "adaptive_weight": aw}, variant=label)
-            for p in phases for o in _grid(seeds, class_order_seeds, config_overrides, phases=p)
+            for p in phases for o in _grid(seeds, class_orders, config_overrides, phases=p)
             for aw, label in ((True, "adaptive lambda"), (False, "fixed lambda_base"))]
 
 
-def plan_one_phase_pair(phases: int, seed: int, class_order_seed: int, config_overrides: dict) -> list[PlannedRun]:
+def plan_one_phase_pair(phases: int, seed: int, class_order: int, config_overrides: dict) -> list[PlannedRun]:
     """Fig. 9 and Fig. 3: one iCaRL run and one LUCIR run (the paper uses 1 phase)."""
-    o = {**config_overrides, "phases": phases, "seed": seed, "class_order_seed": class_order_seed}
+    o = {**config_overrides, "phases": phases, "seed": seed, "class_order_run": class_order}
     return [PlannedRun("iCaRL", "icarl", o), PlannedRun("LUCIR", "lucir", o)]
 
 
@@ -188,7 +202,8 @@ def tidy_curves(results: list[dict], experiment: str, setting: str) -> pd.DataFr
         c, m, planned = r["config"], r["metrics"], r["planned"]
         common = {"experiment": experiment, "setting": setting, "dataset": c.dataset, "method": planned.method,
                   "variant": planned.variant, "phases": c.phases, "seed": c.seed,
-                  "class_order_seed": c.class_order_seed, "memory_per_class": c.memory_per_class,
+                  "class_order_seed": c.class_order_seed, "class_order": c.class_order_run,
+                  "memory_per_class": c.memory_per_class,
                   "reduced": bool(published.setting_differences(c.to_dict())),
                   "run_dir": str(r["run_dir"]), "run_seconds": m["train_seconds"]}
         for p in m["phases"]:
@@ -243,7 +258,8 @@ def tidy_weight_norms(results: list[dict], setting: str) -> pd.DataFrame:
                 rows.append({"experiment": "weight_norms", "setting": setting, "dataset": c.dataset,
                              "method": r["planned"].method, "variant": "", "classifier": "CNN",
                              "curve": r["planned"].method, "phases": c.phases, "seed": c.seed,
-                             "class_order_seed": c.class_order_seed, "memory_per_class": c.memory_per_class,
+                             "class_order_seed": c.class_order_seed, "class_order": c.class_order_run,
+                             "memory_per_class": c.memory_per_class,
                              "reduced": bool(published.setting_differences(c.to_dict())),
                              "phase": last["phase"], "classes_seen": last["classes_seen"], "metric": metric,
                              "value": float(value), "run_dir": str(r["run_dir"]),
@@ -324,6 +340,21 @@ def final_accuracy(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     acc = last_phase(table[table.metric == "acc"])
     out = acc.groupby(by, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
     return out.rename(columns={"mean": "ours", "std": "ours_std", "count": "runs"})
+
+
+def spread_over(table: pd.DataFrame) -> str:
+    """What a mean ± std over the runs of `table` is taken over: its class orders (run k of the
+    authors' code; a table written before orders were recorded holds order 0) and its run seeds,
+    e.g. '3 runs: class orders 0, 1, 2, seeds 0, 1, 2' (the paper's convention and PODNet's) or
+    '2 runs: seeds 0, 1 on class order 0' (the spread of seeds alone, narrower than that of orders)."""
+    runs = table.drop_duplicates("run_dir")
+    orders = sorted({int(o) for o in runs.get("class_order", pd.Series(0, index=runs.index)).fillna(0)})
+    seeds = sorted({int(s) for s in runs.seed})
+    listed = lambda values: ", ".join(map(str, values))  # noqa: E731
+    head = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+    if len(orders) == 1:
+        return f"{head}: seed{'s' if len(seeds) != 1 else ''} {listed(seeds)} on class order {orders[0]}"
+    return f"{head}: class orders {listed(orders)}, seeds {listed(seeds)}"
 
 
 def main_curves_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -115,6 +115,9 @@ def narrow_parameters(notebook: str, params: dict, select: dict) -> dict:
             if isinstance(p.get(name), list):
                 p[name] = [v for v in p[name] if str(v) in select["phases"]]
     if "seed" in select and isinstance(p.get("seeds"), list):
+        orders = p.get("class_orders")
+        if isinstance(orders, list) and len(orders) == len(p["seeds"]) > 1:  # one order per seed: keep the pairs
+            p["class_orders"] = [o for v, o in zip(p["seeds"], orders) if str(v) in select["seed"]] or orders[:1]
         p["seeds"] = [v for v in p["seeds"] if str(v) in select["seed"]]
     if "method" in select and notebook == "main_curves":
         p["methods"] = [m for m in p.get("methods", []) if m in select["method"]]

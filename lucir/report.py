@@ -387,7 +387,8 @@ def main_curves_section(results_dir) -> None:
     _checks(main_curves_checks(t))
     reduced = bool(t.reduced.astype(bool).all())
     md("Average incremental accuracy (%), ours (mean ± std over runs) beside the published numbers "
-       "(CIFAR-100, 50 base classes, 5 and 10 phases; sources in docs/protocol.md). "
+       "(CIFAR-100, 50 base classes, 5 and 10 phases; sources in docs/protocol.md). `ours over` says what our ± "
+       "is taken over; PODNet's ± is over 3 class orders, as the paper's 3 runs are (docs/protocol.md). "
        + ("Our setting is reduced from the paper's, so no difference to a published number is printed."
           if reduced else
           "A difference is printed only where our setting is the paper's; `comparison` (against PODNet's re-run "
@@ -426,6 +427,7 @@ def main_curves_display(t: pd.DataFrame) -> pd.DataFrame:
         podnet = by_source.loc[published.PODNET] if published.PODNET in by_source.index else None
         row = {"setting": setting, "phases": phases, "curve": curve,
                "ours": _with_std(first["ours"], first["ours std"] if first.runs > 1 else None), "runs": first.runs,
+               "ours over": ex.spread_over(t[(t.setting == setting) & (t.phases == phases) & (t.curve == curve)]),
                "paper": _with_std(paper.published, None) if paper is not None else "—",
                "PODNet re-run (3 orders)": (_with_std(podnet.published, podnet["published std"])
                                             if podnet is not None else "—")}

@@ -254,7 +254,9 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
     letters = {b: chr(ord("A") + k) if k < 26 else f"B{k}" for k, b in enumerate(bases)}
     print(f"runs in the order they start ({slots} at once on {kind}{note} with --executor {executor}; a run that reuses a "
           f"base phase starts once it is cached):")
-    print(f"  {'#':>3}  {'run':<34} {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} {'time':>9}")
+    width = max(34, *(len(t.name) for t, _, _ in schedule))
+    print(f"  {'#':>3}  {'run':<{width}} {'order':>5}  {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} "
+          f"{'time':>9}")
     for k, (t, start, end) in enumerate(schedule, 1):
         if t.base is None:
             base = "own, not cached"
@@ -264,7 +266,9 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
             base = f"{letters[t.base]}: trains it ({_n(len(bases[t.base]), 'run')})"
         else:
             base = f"{letters[t.base]}: reuses it"
-        print(f"  {k:>3}  {t.name:<34} {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  {base:<22} "
+        # order: the class order (run k of the authors' code, lucir.data.class_order; 0 is the paper's)
+        print(f"  {k:>3}  {t.name:<{width}} {t.config.class_order_run:>5}  {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  "
+              f"{base:<22} "
               f"{scheduler.duration(start):>9} {scheduler.duration(end - start):>9}")
     total = sum(sum(c) for c in costs.values())
     device_seconds = sum(sum(costs[t.name]) / rates[t.config.resolved_model][0] for t, _, _ in schedule)

@@ -277,6 +277,8 @@ def base_cache_path(c: Config, first_classes: int) -> Path:
             "format": 1}
     if c.dataset != "synthetic":
         key["data"] = str(data_root(c).resolve())
+    if c.class_order_run:  # only for another order, so that the paper's order keeps its cache
+        key["class_order_run"] = c.class_order_run
     if c.amp != "off":  # only when on, so that the paper's fp32 runs keep their cache
         key["amp"] = c.amp
     if c.compile:

@@ -34,7 +34,46 @@ def test_class_order_other_seed_and_global_rng_untouched():
     assert np.random.rand() == expected
 
 
-def _authors_imagenet_subset(classes: list[str]) -> list[str]:
+def test_class_orders_of_the_authors_runs_are_successive_shuffles_after_one_seed():
+    """The authors' scripts seed numpy once with 1993 and shuffle a fresh np.arange(100) for each of
+    their --nb_runs runs: run k's order is the (k+1)-th shuffle. Order 0 is the paper's (today's)."""
+    firsts = {0: [68, 56, 78, 8, 23, 84, 90, 65, 74, 76],
+              1: [82, 14, 51, 9, 75, 45, 18, 99, 42, 76],
+              2: [14, 69, 22, 28, 55, 33, 85, 51, 8, 99]}
+    np.random.seed(1993)
+    for k in range(3):
+        shuffled = np.arange(100)
+        np.random.shuffle(shuffled)
+        assert class_order(100, 1993, run=k) == shuffled.tolist()
+        assert class_order(100, 1993, run=k)[:10] == firsts[k]
+    assert class_order(100, 1993, run=0) == class_order(100, 1993) == class_order(100)
+
+
+def test_class_order_run_names_and_loads_its_own_order():
+    """class_order_run = 0 leaves a run's name (and so its folder and cached base phase) as it was;
+    another order is another run, and the data loader maps labels through that order."""
+    from lucir.config import make_config
+    from lucir.data import load_dataset
+    from lucir.experiments import run_name
+    assert run_name(make_config("lucir", class_order_run=0)) == run_name(make_config("lucir"))
+    assert run_name(make_config("lucir", phases=5)) == "cifar100-b50-p5-s0-032a76ed96d9"  # as committed
+    other = run_name(make_config("lucir", seed=1, class_order_run=1))
+    assert other.startswith("cifar100-b50-p5-s1-o1-") and other != run_name(make_config("lucir", seed=1))
+    with pytest.raises(ConfigError, match="class_order_run"):
+        make_config("lucir", class_order_run=-1)
+    data = load_dataset(make_config("lucir", dataset="synthetic", num_classes=10, base_classes=5, class_order_run=2))
+    assert data.order == class_order(10, 1993, run=2) and data.order != class_order(10, 1993)
+
+
+def test_runs_pair_each_seed_with_its_own_order_or_share_one():
+    from lucir.experiments import runs_of
+    assert runs_of([0, 1, 2], [0, 1, 2]) == [(0, 0), (1, 1), (2, 2)]  # the paper's 3 runs
+    assert runs_of([0, 1], [0]) == [(0, 0), (1, 0)]  # seeds on one order (the quick profile)
+    with pytest.raises(ConfigError, match="one order, or one per seed"):
+        runs_of([0, 1, 2], [0, 1])
+
+
+def _authors_imagenet_subset(classes: list[str], run: int = 0) -> list[str]:
     """The authors' steps, line by line: gen_imagenet_subset.py draws the subset from ImageFolder's
     sorted classes, which ImageFolder then reads back sorted; class_incremental_cosine_imagenet.py
     seeds numpy again and shuffles np.arange(100) (no numpy draw in between)."""
@@ -42,8 +81,9 @@ def _authors_imagenet_subset(classes: list[str]) -> list[str]:
     subset_classes = np.random.choice(sorted(classes), 100, replace=False)
     folders = sorted(subset_classes)
     np.random.seed(1993)
-    order = np.arange(100)
-    np.random.shuffle(order)
+    for _ in range(run + 1):  # one shuffle per run (--nb_runs)
+        order = np.arange(100)
+        np.random.shuffle(order)
     return [str(folders[i]) for i in order]
 
 
@@ -58,6 +98,9 @@ def test_imagenet_subset_classes_and_order_follow_the_authors_procedure():
     # the class-order seed reorders the same 100 classes
     other = [names[i] for i in imagenet_subset_order(names, seed=1994)]
     assert sorted(other) == sorted(ours) and other != ours
+    # run 1's order: the same 100 classes, the second shuffle after the seed
+    second = [names[i] for i in imagenet_subset_order(names, run=1)]
+    assert second == _authors_imagenet_subset(names, run=1) and sorted(second) == sorted(ours) and second != ours
 
 
 def test_phase_sizes_b50_and_b0():

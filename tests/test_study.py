@@ -255,7 +255,7 @@ def test_profiles_name_their_runs_as_the_committed_reports_do(profile, tmp_path)
 
 PAPER_ONE_RUN = ["--profile", "paper", "--select", "dataset=cifar100", "--select", "method=lucir",
                  "--select", "phases=5", "--select", "seed=0", "--dry-run"]
-RUN_ROW = re.compile(r"^\s+\d+\s+(\S+-b\d+-p\d+-s\d+-[0-9a-f]{12})\s", re.M)
+RUN_ROW = re.compile(r"^\s+\d+\s+(\S+-b\d+-p\d+-s\d+(?:-o\d+)?-[0-9a-f]{12})\s", re.M)
 
 
 def test_dry_run_of_a_selection_lists_one_run_with_cost_and_time(capsys, tmp_path):
@@ -276,6 +276,27 @@ def test_dry_run_of_a_selection_lists_one_run_with_cost_and_time(capsys, tmp_pat
     assert rc == 0 and len(RUN_ROW.findall(out)) == 99 and out.count("trains it") == 18
 
 
+def test_paper_dry_run_lists_three_class_orders_for_each_cifar100_cell(capsys, tmp_path):
+    """The paper's 3 runs are 3 class orders, as the authors' code draws them (--nb_runs): each
+    CIFAR-100 cell of the paper profile plans runs of orders 0, 1 and 2, with run seeds 0, 1, 2; the
+    dry run names the order of every run. Order 0's runs keep their names (no tag)."""
+    rc, out, err = _main(capsys, "--profile", "paper", "--dry-run", "--select", "dataset=cifar100",
+                         "--results", str(tmp_path))
+    assert rc == 0, err
+    header = next(line for line in out.splitlines() if line.strip().startswith("#  run"))
+    assert header.split()[:3] == ["#", "run", "order"]
+    rows = [line.split() for line in out.splitlines() if RUN_ROW.match(line)]
+    cells = {}
+    for row in rows:
+        name, order = row[1], int(row[2])
+        dataset, base, phases, seed = name.split("-")[:4]
+        assert seed == f"s{order}" and (f"-o{order}-" in name) == (order > 0)
+        cells.setdefault((phases, " ".join(row[3:row.index(next(x for x in row[3:] if x.endswith("M")))])),
+                         set()).add(order)
+    assert len(cells) >= 20 and all(orders == {0, 1, 2} for orders in cells.values()), cells
+    assert "cifar100-b50-p5-s0-032a76ed96d9" in out  # the paper's LUCIR B50 5 phases, order 0: its name as before
+
+
 def test_selection_narrows_what_the_notebooks_train(tmp_path):
     _, _, paper = study_mod.load_profile("paper")
     select = study_mod.parse_selection(["dataset=cifar100", "method=lucir", "phases=5,10", "seed=0", "seed=1"])
@@ -284,6 +305,7 @@ def test_selection_narrows_what_the_notebooks_train(tmp_path):
     assert [p.key for p in pairs] == ["main_curves__cifar100"]
     params = pairs[0].parameters  # what papermill injects: the notebook plans exactly these runs
     assert params["methods"] == ["lucir"] and params["phases"] == [5, 10] and params["seeds"] == [0, 1]
+    assert params["class_orders"] == [0, 1]  # each seed keeps its own class order (the authors' runs)
     assert params["joint_phases"] == []
     assert len(pairs[0].plan) == 4 and {r.preset for r in pairs[0].plan} == {"lucir"}
     assert {key for key, _ in left_out} >= {"exemplar_count__cifar100", "main_curves__imagenet"}
