@@ -426,6 +426,37 @@ def find_data_folder(root: Path, dataset: str) -> Path | None:
     return None
 
 
+def data_identity(config: Config) -> str:
+    """What the data of `config` is, for the keys of what is computed from it (the base-phase
+    cache), so that the same data under another path or on another machine gives the same key:
+    the sha256 of its SHA256SUMS list (the array formats; the files are checked against it before
+    a study trains), or of torchvision's CIFAR-100 pickles. Folders of JPEGs (ImageNet) have no
+    checksum list, and data not found yet has no content: their resolved path stands for them."""
+    root = data_root(config)
+    folder = find_data_folder(root, config.dataset) if config.dataset in DATA_FOLDERS else None
+    if folder is not None and (folder / "SHA256SUMS").is_file():
+        return "sha256sums:" + _file_digest(folder / "SHA256SUMS")
+    if folder is not None and config.dataset == "cifar100" and (folder / CIFAR100_TORCHVISION / "train").is_file():
+        return "torchvision:" + ",".join(_file_digest(folder / CIFAR100_TORCHVISION / name)
+                                         for name in ("train", "test", "meta"))
+    return str(root.resolve())
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, computed once per (path, size, modification time) in a process."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def download_cifar100(root: Path) -> Path:
     """Download CIFAR-100 through torchvision (which checks its MD5 sums) into
     root/cifar-100-python, once: under a lock, so that runs started together wait for the first,

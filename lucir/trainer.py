@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import losses
 from . import results as res
 from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
-from .data import Dataset, data_root, default_workers, load_dataset, phase_classes
+from .data import Dataset, data_identity, data_root, default_workers, load_dataset, phase_classes
 from .device import autocast, check_amp, grad_scaler, resolve_device, set_deterministic, unusable_gpu
 from .distributed import (all_sum, barrier, gather_rows, is_main, launched_world_size, rank_slice, share, sync_module,
                           world_size, wrap)
@@ -268,15 +268,33 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
 
 # --------------------------------------------------------------------------- phases
 def base_cache_path(c: Config, first_classes: int) -> Path:
-    """Cache file of the base-phase model, keyed by everything that phase depends on."""
+    """Cache file of the base-phase model, keyed by everything that phase depends on, the data by
+    what it is (lucir.data.data_identity), so that a cache carried to another machine or data
+    folder is found there. A file cached before that, keyed by the data folder's path, is used
+    where it exists and the new one does not (it holds the same weights)."""
+    current, legacy = base_cache_paths(c, first_classes)
+    if legacy is not None and not _cache_started(current) and _cache_started(legacy):
+        return legacy
+    return current
+
+
+def _cache_started(path: Path) -> bool:
+    return path.exists() or base_partial_path(path).exists()
+
+
+def base_cache_paths(c: Config, first_classes: int) -> tuple[Path, Path | None]:
+    """(the cache file's path keyed by the data's content, the path it had when keyed by the data
+    folder's path, or None where the two keys are the same: synthetic data)."""
     key = {k: getattr(c, k) for k in (
         "dataset", "num_classes", "train_per_class", "class_order_seed", "seed", "image_size",
         "cosine_normalization", "eta_init", "lr", "lr_gamma", "batch_size", "momentum", "weight_decay")}
     key |= {"model": c.resolved_model, "last_relu": c.resolved_last_relu, "first_classes": first_classes,
             "epochs": c.base_epochs or c.epochs, "milestones": list(c.base_lr_milestones or c.lr_milestones),
             "format": 1}
+    legacy = None
     if c.dataset != "synthetic":
-        key["data"] = str(data_root(c).resolve())
+        legacy = {**key, "data": str(data_root(c).resolve())}
+        key["data"] = data_identity(c)
     if c.class_order_run:  # only for another order, so that the paper's order keeps its cache
         key["class_order_run"] = c.class_order_run
     if c.amp != "off":  # only when on, so that the paper's fp32 runs keep their cache
@@ -287,9 +305,14 @@ def base_cache_path(c: Config, first_classes: int) -> Path:
         key["world_size"] = world_size()
     if c.dataset in IMAGENET_LIKE:  # JPEG crops are drawn per sample since this version (lucir.data)
         key["jpeg_augmentation"] = "per-sample seeds"
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:20]
+    if legacy is not None:
+        legacy |= {k: v for k, v in key.items() if k != "data"}
     root = Path(c.cache_dir or os.environ.get("LUCIR_CACHE") or Path.home() / ".cache" / "lucir")
-    return root / "base" / f"{c.dataset}-{c.resolved_model}-{digest}.pt"
+
+    def path(k: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(k, sort_keys=True, default=list).encode()).hexdigest()[:20]
+        return root / "base" / f"{c.dataset}-{c.resolved_model}-{digest}.pt"
+    return path(key), path(legacy) if legacy is not None else None
 
 
 def base_partial_path(cache: Path) -> Path:

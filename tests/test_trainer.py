@@ -14,6 +14,7 @@ import torch
 
 import lucir
 from lucir import losses, results, trainer
+from lucir.config import make_config
 from lucir.data import load_dataset
 from lucir.models import Output
 
@@ -284,7 +285,32 @@ def test_base_cache_key():
         assert trainer.base_cache_path(tiny_config("lucir", "/tmp/unused", **overrides), 2) != path, overrides
     assert trainer.base_cache_path(tiny_config("icarl", "/tmp/unused"), 2) != path
     assert trainer.base_cache_path(c, 3) != path
+    assert trainer.base_cache_path(tiny_config("lucir", "/tmp/unused", class_order_run=1), 2) != path
     assert str(path).startswith("/tmp/unused/base/")
+
+
+def test_base_cache_is_keyed_by_what_the_data_is_not_where_it_lies(tmp_path):
+    """The same data (the same SHA256SUMS) in two folders gives one cache file, so a base phase
+    carried to another machine or folder is found there; other data gives another. A file cached
+    under the old key (the data folder's path) is used while the new one does not exist."""
+    def data(folder, sums):
+        (folder / "cifar100").mkdir(parents=True)
+        (folder / "cifar100" / "labels.npz").write_bytes(b"marker")
+        (folder / "cifar100" / "SHA256SUMS").write_text(sums)
+        return dict(dataset="cifar100", data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    here = make_config("lucir", **data(tmp_path / "here", "ab  train_images_0.npy.xz\n"))
+    there = make_config("lucir", **data(tmp_path / "there", "ab  train_images_0.npy.xz\n"))
+    other = make_config("lucir", **data(tmp_path / "other", "cd  train_images_0.npy.xz\n"))
+    current, legacy = trainer.base_cache_paths(here, 50)
+    assert trainer.base_cache_paths(there, 50)[0] == current != trainer.base_cache_paths(other, 50)[0]
+    assert trainer.base_cache_paths(there, 50)[1] != legacy  # the old key held the folder's path
+    assert trainer.base_cache_path(here, 50) == current  # nothing cached yet: the new key
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"weights")
+    assert trainer.base_cache_path(here, 50) == legacy  # cached before: still used
+    assert trainer.base_cache_path(there, 50) == current  # another folder never had it
+    current.write_bytes(b"weights")
+    assert trainer.base_cache_path(here, 50) == current
 
 
 # --------------------------------------------------------------------------- presets and memory

@@ -1,0 +1,271 @@
+"""Carry a study's data to a machine that has no copy of it, in parts that each fit one command.
+
+The GPU machine this project borrows takes, with each command, a copy of the work tree plus the
+ignored paths a command names, at most 64 MiB in all, and keeps files between commands for a
+short while. CIFAR-100 is 134 MiB even compressed, so it goes in parts (docs/gpu.md, "Carrying
+the data"):
+
+    python -m lucir.carry pack --out .carry [--cache-dir DIR]     # here: .carry/part-KK-of-NN.bin + manifest.json
+    python -m lucir.carry receive .carry --store /tmp/lucir-carry # there, once per part carried
+    python -m lucir.carry unpack --store /tmp/lucir-carry --to /tmp/lucir-data
+
+`pack` writes one tar stream (the data folders with their SHA256SUMS, and the base-phase cache
+files where some exist) cut into parts sized so that the work tree, the manifest and one part
+stay under the limit with a margin; `manifest.json` holds every part's sha256. `receive` checks
+the parts it finds against the manifest and moves them into the store, outside the work tree.
+`unpack` checks that every part is there and whole, joins and extracts them, then checks every
+data file against its folder's SHA256SUMS. Each failure is one line naming the part or file.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from . import provenance
+
+MIB = 1 << 20
+LIMIT_MIB = 64      # what one command may carry: the work tree and the named ignored paths
+MARGIN_MIB = 6      # left free: files added to the work tree after packing, the copy's own overhead
+DATA_FOLDERS = ("cifar100",)  # what a CIFAR-100 campaign reads (lucir.data.DATA_FOLDERS)
+
+
+class CarryError(RuntimeError):
+    """A missing, corrupt or oversized part; the message names it and what to do."""
+
+
+def sha256_file(path: Path) -> str:
+    return provenance.sha256(Path(path))
+
+
+def work_tree_bytes(repo: Path) -> int:
+    """Bytes of what the device tool copies with every command: tracked files and untracked files
+    git does not ignore (the ignored ones travel only when named)."""
+    out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         capture_output=True, check=True).stdout
+    total = 0
+    for name in filter(None, out.split(b"\0")):
+        path = repo / os.fsdecode(name)
+        if path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def profile_base_phases(profiles: list[str], data_root: Path, cache_dir: Path) -> dict[Path, str]:
+    """{cached file: the name it has on a machine with the same data anywhere} for the base phases
+    that the runs of `profiles` share and that are cached already. A file cached under the old
+    key (the data folder's path, lucir.trainer.base_cache_path) travels under the new one, so that
+    the other machine finds it under its own data folder."""
+    from .profiles import build_pairs, load_profile
+    from .trainer import base_cache_paths
+    found = {}
+    for name in profiles:
+        _, _, content = load_profile(name)
+        runtime = {"data_dir": str(data_root), "cache_dir": str(cache_dir)}
+        for pair in build_pairs(content, cache_dir / ".plan", None, runtime):
+            for planned in pair.plan:
+                c = planned.config()
+                n_cls = c.num_classes or 100
+                if not c.cache_base or c.dataset not in DATA_FOLDERS or c.base_classes == 0:
+                    continue
+                current, legacy = base_cache_paths(c, min(c.base_classes, n_cls))
+                source = current if current.exists() else legacy if legacy and legacy.exists() else None
+                if source is not None:
+                    found[source] = current.name
+    return found
+
+
+def _members(data_root: Path, cache_dir: Path | None, profiles: list[str] | None = None) -> list[tuple[Path, str]]:
+    """(file, name in the archive) of everything a campaign needs: each data folder whole (its
+    SHA256SUMS included) under data/, and the base-phase cache files under cache/base/ (those of
+    `profiles`' runs, renamed to their data-content key, or without profiles every file as named)."""
+    members = []
+    for name in DATA_FOLDERS:
+        folder = data_root / name
+        if not (folder / "SHA256SUMS").is_file():
+            raise CarryError(f"{folder}: no SHA256SUMS there; pack needs the array format of CIFAR-100 "
+                             f"(point --data at the folder that holds {name}/)")
+        members += [(p, f"data/{name}/{p.name}") for p in sorted(folder.iterdir()) if p.is_file()]
+    if cache_dir is not None and profiles:
+        members += [(p, f"cache/base/{name}") for p, name in sorted(profile_base_phases(profiles, data_root,
+                                                                                        cache_dir).items())]
+    elif cache_dir is not None and (cache_dir / "base").is_dir():
+        members += [(p, f"cache/base/{p.name}") for p in sorted((cache_dir / "base").glob("*.pt"))]
+    return members
+
+
+def pack(data_root: Path, out: Path, cache_dir: Path | None = None, part_bytes: int | None = None,
+         repo: Path = provenance.REPO_ROOT, limit_mib: float = LIMIT_MIB, margin_mib: float = MARGIN_MIB,
+         profiles: list[str] | None = None) -> dict:
+    """Write out/part-KK-of-NN.bin and out/manifest.json; return the manifest. Without
+    `part_bytes`, a part is as large as the limit allows beside the work tree and the margin."""
+    out = Path(out)
+    tree = work_tree_bytes(repo) if (repo / ".git").exists() else 0
+    room = int(limit_mib * MIB) - tree - int(margin_mib * MIB) - 64 * 1024  # 64 KiB: the manifest
+    if part_bytes is None:
+        part_bytes = room
+    if part_bytes <= 0 or part_bytes > room:
+        raise CarryError(f"a part of {part_bytes / MIB:.1f} MiB does not fit beside the work tree "
+                         f"({tree / MIB:.1f} MiB) under {limit_mib} MiB with {margin_mib} MiB to spare")
+    members = _members(Path(data_root), Path(cache_dir) if cache_dir else None, profiles)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "manifest.json").exists():
+            raise CarryError(f"{out}: exists and holds no earlier packing; give --out an empty or new folder")
+        shutil.rmtree(out)  # an earlier packing: replaced
+    out.mkdir(parents=True, exist_ok=True)
+    stream = out / "stream.tar"
+    with tarfile.open(stream, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path, name in members:
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+    size = stream.stat().st_size
+    count = max(1, -(-size // part_bytes))
+    parts = []
+    with open(stream, "rb") as fh:
+        for k in range(1, count + 1):
+            name = f"part-{k:02d}-of-{count:02d}.bin"
+            chunk = fh.read(part_bytes)
+            (out / name).write_bytes(chunk)
+            parts.append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+    whole = sha256_file(stream)
+    stream.unlink()
+    manifest = {"format": 1, "parts": parts, "bytes": size, "sha256": whole,
+                "files": [name for _, name in members], "work_tree_bytes": tree, "limit_mib": limit_mib,
+                "margin_mib": margin_mib, "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "commit": provenance.git_state(repo)["commit"]}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _manifest(folder: Path) -> dict:
+    path = Path(folder) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CarryError(f"{path}: missing; carry manifest.json with every part (python -m lucir.carry pack "
+                         f"writes it beside the parts)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CarryError(f"{path}: not a manifest (truncated or garbled); carry it again from the packing "
+                         f"machine") from None
+
+
+def _check_part(path: Path, entry: dict) -> None:
+    if not path.is_file():
+        raise CarryError(f"{entry['name']}: missing from {path.parent}; carry it (and run receive) before unpack")
+    size = path.stat().st_size
+    if size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        raise CarryError(f"{path}: corrupt ({size} bytes, sha256 differs from manifest.json); carry "
+                         f"{entry['name']} again")
+
+
+def receive(carried: Path, store: Path) -> list[str]:
+    """Check the parts found in `carried` (the folder the command brought) against its manifest
+    and move them, with the manifest, into `store`; return the names of the parts now in store."""
+    carried, store = Path(carried), Path(store)
+    manifest = _manifest(carried)
+    store.mkdir(parents=True, exist_ok=True)
+    here = [e for e in manifest["parts"] if (carried / e["name"]).is_file()]
+    if not here:
+        raise CarryError(f"{carried}: holds no part of manifest.json; name one part in the command's carry")
+    previous = store / "manifest.json"
+    if previous.exists() and _manifest(store)["sha256"] != manifest["sha256"]:
+        raise CarryError(f"{store}: holds parts of another packing; empty it (rm -r {store}) and carry every "
+                         f"part of this one")
+    for entry in here:
+        _check_part(carried / entry["name"], entry)
+        shutil.move(str(carried / entry["name"]), str(store / entry["name"]))
+    shutil.copyfile(carried / "manifest.json", store / "manifest.json")
+    return [e["name"] for e in manifest["parts"] if (store / e["name"]).is_file()]
+
+
+def unpack(store: Path, to: Path) -> dict:
+    """Check every part, join them, extract data/ and cache/ under `to`, and check every data file
+    against its SHA256SUMS. Returns {"data": folder for LUCIR_DATA, "cache": folder for
+    --cache-dir, "files": count}."""
+    store, to = Path(store), Path(to)
+    manifest = _manifest(store)
+    missing = [e["name"] for e in manifest["parts"] if not (store / e["name"]).is_file()]
+    if missing:
+        raise CarryError(f"{store}: {len(missing)} of {len(manifest['parts'])} parts missing ({', '.join(missing)}); "
+                         f"carry them and run receive")
+    for entry in manifest["parts"]:
+        _check_part(store / entry["name"], entry)
+    joined = io.BytesIO()
+    for entry in manifest["parts"]:
+        joined.write((store / entry["name"]).read_bytes())
+    if hashlib.sha256(joined.getbuffer()).hexdigest() != manifest["sha256"]:
+        raise CarryError(f"{store}: the joined parts differ from what was packed; pack and carry them again")
+    joined.seek(0)
+    to.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=joined, mode="r") as tar:
+        names = tar.getnames()
+        if sorted(names) != sorted(manifest["files"]) or any(n.startswith("/") or ".." in n.split("/") for n in names):
+            raise CarryError(f"{store}: the archive's files differ from manifest.json; pack again")
+        tar.extractall(to, filter="data")
+    for name in DATA_FOLDERS:
+        folder = to / "data" / name
+        bad = [f for f in provenance.data_checksums(folder) if not f["ok"]]
+        if bad:
+            raise CarryError(f"{folder / bad[0]['file']}: does not match {folder / 'SHA256SUMS'}; pack and carry again")
+    return {"data": str(to / "data"), "cache": str(to / "cache"), "files": len(names)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lucir.carry", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("pack", help="cut the data (and base-phase cache) into parts, here")
+    a.add_argument("--data", default=os.environ.get("LUCIR_DATA"), help="data folder (default: $LUCIR_DATA)")
+    a.add_argument("--cache-dir", help="base-phase cache folder whose base/*.pt files go along")
+    a.add_argument("--out", default=".carry", help="folder of the parts (ignored by git; default .carry)")
+    a.add_argument("--profile", action="append", help="take the cached base phases of this study profile's runs, "
+                   "named by their data-content key (repeatable; default: every cache file as named)")
+    a.add_argument("--part-mib", type=float, help="size of a part (default: the most the limit allows)")
+    a.add_argument("--limit-mib", type=float, default=LIMIT_MIB, help="what one command carries in all")
+    b = sub.add_parser("receive", help="there: check the carried parts and move them into the store")
+    b.add_argument("carried", help="the folder the command brought (.carry)")
+    b.add_argument("--store", default="/tmp/lucir-carry", help="where parts wait between commands")
+    c = sub.add_parser("unpack", help="there: check every part, join, extract, check the data")
+    c.add_argument("--store", default="/tmp/lucir-carry")
+    c.add_argument("--to", default="/tmp/lucir-data", help="gets data/ (LUCIR_DATA) and cache/ (--cache-dir)")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "pack":
+            if not args.data:
+                raise CarryError("no data folder: give --data DIR or set LUCIR_DATA")
+            m = pack(Path(args.data).expanduser(), Path(args.out), Path(args.cache_dir).expanduser()
+                     if args.cache_dir else None, int(args.part_mib * MIB) if args.part_mib else None,
+                     limit_mib=args.limit_mib, profiles=args.profile)
+            print(f"{len(m['parts'])} parts of at most {max(e['bytes'] for e in m['parts']) / MIB:.1f} MiB in {args.out} "
+                  f"({m['bytes'] / MIB:.1f} MiB, {len(m['files'])} files; work tree {m['work_tree_bytes'] / MIB:.1f} "
+                  f"MiB; limit {m['limit_mib']} MiB a command)")
+            for e in m["parts"]:
+                print(f"  {e['name']}  {e['bytes'] / MIB:6.1f} MiB  carry: [\"{args.out}/manifest.json\", "
+                      f"\"{args.out}/{e['name']}\"]")
+        elif args.command == "receive":
+            have = receive(Path(args.carried), Path(args.store))
+            total = len(_manifest(Path(args.store))["parts"])
+            print(f"{len(have)} of {total} parts in {args.store}" + ("; all there: run unpack" if len(have) == total
+                                                                      else ""))
+        else:
+            r = unpack(Path(args.store), Path(args.to))
+            print(f"{r['files']} files checked and unpacked: LUCIR_DATA={r['data']} --cache-dir {r['cache']}")
+    except CarryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
