@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import provenance, published
 from . import results as res
+from .bars import bar_options
 from .config import Config, ConfigError, make_config
 from .trainer import run_incremental
 
@@ -172,7 +173,7 @@ def run_plan(plan: list[PlannedRun], results_dir) -> list[dict]:
     """Run (or load) every run of the plan; each result holds the planned run, config, dir, metrics."""
     configs = [planned.config() for planned in plan]
     out = []
-    bar = tqdm(total=len(plan), desc="runs", unit="run", disable=not any(c.progress for c in configs))
+    bar = tqdm(total=len(plan), desc="runs", unit="run", disable=not any(c.progress for c in configs), **bar_options())
     for planned, config in zip(plan, configs):
         folder = run_dir(config, results_dir)
         label = " ".join(x for x in (planned.method, planned.variant) if x)

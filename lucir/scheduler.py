@@ -36,7 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import experiments
+from . import bars, experiments
 from . import results as res
 from .config import Config, one_line, phase_sizes
 from .data import DATASET_SIZE
@@ -289,6 +289,10 @@ def execute_run(task: RunTask, slot: Slot) -> dict:
 
     try:
         with experiments.run_lock(folder):
+            # a progress.json left by a process that was killed tells where that one was, not where
+            # this one resumes (a phase checkpoint without an epoch checkpoint restarts its phase):
+            # progress starts again from the first epoch this call trains
+            progress.unlink(missing_ok=True)
             trainer.run_incremental(config, folder, on_epoch=epoch_done)
         record |= {"status": "done", "error": None}
     except Exception as e:  # noqa: BLE001  (a failing run must not stop the others)
@@ -388,8 +392,12 @@ class Progress:
         self.total = sum(sum(c[k0:]) for _, c, k0 in self.tracked) + NOTEBOOK_OVERHEAD * (notebooks + 1)
         self.notebooks_done, self.lock, self.stop = 0, threading.Lock(), threading.Event()
         self.found_at: dict = {}  # (folder, phase) -> share of the phase trained before this invocation
-        self.bar = tqdm(total=max(self.total, 1.0), desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+        # on a file or pipe: plain lines (lucir.bars), each with the workers' states in its postfix
+        self.plain = bars.plain(sys.stderr)
+        self.bar = tqdm(total=max(self.total, 1.0), desc=desc, disable=not enabled,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}",
+                        **{"dynamic_ncols": True, "file": sys.stderr, **bars.bar_options(sys.stderr)})
+        self.postfix = ""
         self.lines: list = []
         self.busy: list = []
         self.watcher = threading.Thread(target=self._watch, daemon=True)
@@ -453,9 +461,15 @@ class Progress:
     def update(self, postfix: str | None = None) -> None:
         with self.lock:
             if postfix is not None:
+                self.postfix = postfix
                 self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.n = self.work_done()
             self.bar.total = max(self.work_to_do(), 1.0)
+            if self.plain:  # one line now and then (tqdm's mininterval), the workers' states in it
+                states = "; ".join(self.worker_text(*b).strip() for b in self.busy)
+                self.bar.set_postfix_str("; ".join(x for x in (self.postfix, states) if x), refresh=False)
+                self.bar.update(0)
+                return
             self.bar.refresh()
             if not self.enabled:
                 return

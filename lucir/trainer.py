@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import losses
 from . import results as res
 from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
+from .bars import bar_options
 from .data import Dataset, data_identity, data_root, default_workers, load_dataset, phase_classes
 from .device import autocast, check_amp, grad_scaler, resolve_device, set_deterministic, unusable_gpu
 from .distributed import (all_sum, barrier, gather_rows, is_main, launched_world_size, rank_slice, share, sync_module,
@@ -207,7 +208,7 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
         backbone = compiled_backbone(model)
         old_backbone = None if old_model is None else compiled_backbone(old_model)
     bar = tqdm(range(start, epochs), desc=desc, disable=not (c.progress and is_main()), leave=True,
-               dynamic_ncols=True, initial=start, total=epochs)
+               initial=start, total=epochs, **{"dynamic_ncols": True, **bar_options()})
     for epoch in bar:
         model.train()
         if frozen_backbone:
