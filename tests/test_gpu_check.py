@@ -80,7 +80,9 @@ def test_gpu_command_runs_on_the_image_and_writes_every_figure_flat_into_out(tin
     settings = {s for _, s in figures}
     for setting in ("base step, fp32", "base step, bf16 autocast", "base step, fp32, compiled (eager)",
                     "LUCIR incremental step (old model, Eq. 9), fp32", "K = 1", "K = 2", "fp32",
-                    "2 epochs a phase, fp32", "100x75 px JPEGs, 0 workers", "100x75 px JPEGs, 1 workers"):
+                    "2 epochs a phase, fp32", "100x75 px JPEGs, 0 workers", "100x75 px JPEGs, 1 workers",
+                    "base step, fp32, fused SGD (fused_sgd=true)",  # each speed switch on, beside all off
+                    "base step, fp32, compiled (eager), compile_mode=reduce-overhead (CUDA graphs)"):
         assert setting in settings, setting
     assert figures[next(k for k in figures if k[1] == "base step, fp16 autocast")]["note"].startswith("amp=fp16")
 
