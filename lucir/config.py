@@ -101,6 +101,10 @@ class Config:
                   "autocast with a gradient scaler (CUDA, for GPUs without bfloat16: V100, T4)")
     compile: bool = _f(False, "torch.compile the backbone for training (the growing head stays eager; a graph break "
                        "or too many recompiles is an error); changes float rounding, so results")
+    compile_mode: str = _f("default", "torch.compile's mode with compile=true: default; reduce-overhead = CUDA graphs "
+                           "(one recorded graph per batch size, replayed); max-autotune = also tune the kernels")
+    fused_sgd: bool = _f(False, "SGD's update in torch's fused kernel (one launch for all parameters): the same "
+                         "update (momentum, weight decay), rounded in another order; off = torch's default SGD")
     deterministic: bool = _f(False, "GPU runs: deterministic cuDNN and torch algorithms, so a run repeats to the bit "
                              "(CPU runs always do, on one machine: docs/resume.md); runtime only, slower on a GPU")
     dist_timeout_minutes: float = _f(60.0, "torchrun runs: minutes a rank may wait in a collective (for another rank's "
@@ -129,6 +133,7 @@ class Config:
 # reverses the colour channels, a horizontal flip is what its comment ("Flipped version") meant.
 NME_VIEWS = ("channels", "horizontal", "none")
 AMP_MODES = ("off", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 IMAGENET_LIKE = ("imagenet", "imagenet_subset", "tiny_imagenet")
 DATASETS = ("cifar100", "synthetic") + IMAGENET_LIKE
 
@@ -301,6 +306,10 @@ def validate(c: Config) -> None:
         raise ConfigError(f"nme_flip must be one of {', '.join(NME_VIEWS)}, got '{c.nme_flip}'")
     if c.amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got '{c.amp}'")
+    if c.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{c.compile_mode}'")
+    if c.compile_mode != "default" and not c.compile:
+        raise ConfigError(f"compile_mode={c.compile_mode} needs compile=true")
     if c.lambda_direction not in ("code", "paper"):
         raise ConfigError(f"lambda_direction must be 'code' or 'paper', got '{c.lambda_direction}'")
     positive = ["phases", "epochs", "batch_size", "eval_batch_size", "K", "image_size", "cbf_epochs"]

@@ -14,7 +14,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
-from IPython.display import HTML, Markdown, display
 
 from . import experiments as ex
 from . import plots, published
@@ -80,6 +79,23 @@ def all_tables(results_dir) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- display helpers
+def display(obj) -> None:
+    """IPython's display, imported here: the package's core (and the GPU machine's image, which has
+    no IPython) imports this module without it; only a notebook that shows something needs it."""
+    from IPython.display import display as ipython_display
+    ipython_display(obj)
+
+
+def HTML(text: str):  # noqa: N802  IPython's name
+    from IPython.display import HTML as ipython_html
+    return ipython_html(text)
+
+
+def Markdown(text: str):  # noqa: N802  IPython's name
+    from IPython.display import Markdown as ipython_markdown
+    return ipython_markdown(text)
+
+
 def show(fig) -> None:
     display(fig)
     plt.close(fig)

@@ -27,7 +27,7 @@ RUNTIME_FIELDS = ("device", "progress", "cache_base", "cache_dir", "data_dir", "
                   "checkpoint_every", "deterministic", "dist_timeout_minutes")
 # Fields added after results existed, with the value that computes what runs did before them: a
 # run's name leaves them out while they hold that value, so earlier runs keep their folders.
-NEUTRAL_FIELDS = {"amp": "off", "compile": False, "class_order_run": 0}
+NEUTRAL_FIELDS = {"amp": "off", "compile": False, "class_order_run": 0, "compile_mode": "default", "fused_sgd": False}
 
 
 def run_identity(config: Config) -> dict:

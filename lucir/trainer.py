@@ -128,7 +128,7 @@ def extract(model: Net, images, idx: torch.Tensor, device, batch_size: int, view
     return gather_rows(torch.cat(feats)).cpu(), gather_rows(torch.cat(logits)).cpu()
 
 
-def compiled_backbone(model: Net):
+def compiled_backbone(model: Net, mode: str = "default"):
     """torch.compile of the model's backbone (config `compile`), sharing its parameters; the model
     calls it in place of its own backbone. The backbone keeps its shapes across phases, while the
     cosine head grows every phase and stays eager. The batch dimension is dynamic from the first
@@ -137,8 +137,8 @@ def compiled_backbone(model: Net):
     batch size, twice on a CPU whose convolutions switch layout at 16 images (tests/
     test_gpu_path.py counts them); a batch of one image gets its own graph. fullgraph: a graph
     break, or more recompiles than torch._dynamo's limit (8), is an error, never a silent fall
-    back to eager."""
-    compiled = torch.compile(model.backbone, fullgraph=True)
+    back to eager. `mode` (config compile_mode) is passed on unless it is torch's default."""
+    compiled = torch.compile(model.backbone, fullgraph=True, **({} if mode == "default" else {"mode": mode}))
 
     def backbone(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > 1:
@@ -183,7 +183,9 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
     same permutation on every rank), through DistributedDataParallel; see lucir.distributed.
     With `checkpoint`, the loop starts from its state for `stage` when it has one, and writes
     its state there after the epochs it is due."""
-    opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    # fused_sgd off: torch's default SGD, exactly as before the switch existed
+    opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                          **({"fused": True} if c.fused_sgd else {}))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=c.lr_gamma)
     scaler = grad_scaler(torch.device(device), c.amp)  # float16 only; otherwise backward and step unchanged
     start, summary = 0, {}
@@ -205,8 +207,8 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
     net = wrap(model, torch.device(device))
     backbone = old_backbone = None  # None: each model's own backbone, eager
     if c.compile:
-        backbone = compiled_backbone(model)
-        old_backbone = None if old_model is None else compiled_backbone(old_model)
+        backbone = compiled_backbone(model, c.compile_mode)
+        old_backbone = None if old_model is None else compiled_backbone(old_model, c.compile_mode)
     bar = tqdm(range(start, epochs), desc=desc, disable=not (c.progress and is_main()), leave=True,
                initial=start, total=epochs, **{"dynamic_ncols": True, **bar_options()})
     for epoch in bar:
@@ -302,6 +304,10 @@ def base_cache_paths(c: Config, first_classes: int) -> tuple[Path, Path | None]:
         key["amp"] = c.amp
     if c.compile:
         key["compile"] = True
+    if c.compile_mode != "default":
+        key["compile_mode"] = c.compile_mode
+    if c.fused_sgd:  # only when on, as amp and compile
+        key["fused_sgd"] = True
     if world_size() > 1:  # per-rank BatchNorm and gradient averaging change the result
         key["world_size"] = world_size()
     if c.dataset in IMAGENET_LIKE:  # JPEG crops are drawn per sample since this version (lucir.data)

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic runs (seconds on a CPU), the offline data, and a cache
-folder under pytest's tmp dir so that no test ever touches ~/.cache."""
+folder under pytest's tmp dir so that no run of a test ever touches ~/.cache (the one thing kept
+there on purpose is the simulated GPU image's venv, ~/.cache/lucir-gpu-image: tests/gpu_image.py)."""
 from __future__ import annotations
 
 import os
