@@ -83,12 +83,23 @@ def profile_base_phases(profiles: list[str], data_root: Path, cache_dir: Path) -
     return found
 
 
-def _members(data_root: Path, cache_dir: Path | None, profiles: list[str] | None = None) -> list[tuple[Path, str]]:
+def run_state_files(folder: Path) -> list[Path]:
+    """What a run folder needs to go on elsewhere, or to be reported: every file but its lock and
+    progress files, and of its phase checkpoints only the newest (a resume reads no other)."""
+    folder = Path(folder)
+    phases = sorted(folder.glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")
+            and p.name != "progress.json" and not (p in phases and p != phases[-1])]
+
+
+def _members(data_root: Path | None, cache_dir: Path | None, profiles: list[str] | None = None,
+             results: Path | None = None) -> list[tuple[Path, str]]:
     """(file, name in the archive) of everything a campaign needs: each data folder whole (its
-    SHA256SUMS included) under data/, and the base-phase cache files under cache/base/ (those of
-    `profiles`' runs, renamed to their data-content key, or without profiles every file as named)."""
+    SHA256SUMS included) under data/, the base-phase cache files under cache/base/ (those of
+    `profiles`' runs, renamed to their data-content key, or without profiles every file as named),
+    and the runs under way in `results` (run_state_files) under results/runs/."""
     members = []
-    for name in DATA_FOLDERS:
+    for name in DATA_FOLDERS if data_root is not None else ():
         folder = data_root / name
         if not (folder / "SHA256SUMS").is_file():
             raise CarryError(f"{folder}: no SHA256SUMS there; pack needs the array format of CIFAR-100 "
@@ -99,12 +110,22 @@ def _members(data_root: Path, cache_dir: Path | None, profiles: list[str] | None
                                                                                         cache_dir).items())]
     elif cache_dir is not None and (cache_dir / "base").is_dir():
         members += [(p, f"cache/base/{p.name}") for p in sorted((cache_dir / "base").glob("*.pt"))]
+    for run in sorted((Path(results) / "runs").iterdir()) if results and (Path(results) / "runs").is_dir() else ():
+        if run.is_dir() and not _complete(run):
+            members += [(p, f"results/runs/{run.name}/{p.relative_to(run)}") for p in run_state_files(run)]
     return members
+
+
+def _complete(run: Path) -> bool:
+    try:
+        return bool(json.loads((run / "metrics.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
 
 
 def pack(data_root: Path, out: Path, cache_dir: Path | None = None, part_bytes: int | None = None,
          repo: Path = provenance.REPO_ROOT, limit_mib: float = LIMIT_MIB, margin_mib: float = MARGIN_MIB,
-         profiles: list[str] | None = None) -> dict:
+         profiles: list[str] | None = None, results: Path | None = None) -> dict:
     """Write out/part-KK-of-NN.bin and out/manifest.json; return the manifest. Without
     `part_bytes`, a part is as large as the limit allows beside the work tree and the margin."""
     out = Path(out)
@@ -115,11 +136,22 @@ def pack(data_root: Path, out: Path, cache_dir: Path | None = None, part_bytes: 
     if part_bytes <= 0 or part_bytes > room:
         raise CarryError(f"a part of {part_bytes / MIB:.1f} MiB does not fit beside the work tree "
                          f"({tree / MIB:.1f} MiB) under {limit_mib} MiB with {margin_mib} MiB to spare")
-    members = _members(Path(data_root), Path(cache_dir) if cache_dir else None, profiles)
+    members = _members(Path(data_root) if data_root else None, Path(cache_dir) if cache_dir else None, profiles,
+                       results)
+    return write_parts(members, out, part_bytes, {"work_tree_bytes": tree, "limit_mib": limit_mib,
+                                                  "margin_mib": margin_mib, "commit": provenance.git_state(repo)["commit"]})
+
+
+def write_parts(members: list[tuple[Path, str]], out: Path, part_bytes: int, about: dict | None = None,
+                max_parts: int | None = None) -> dict:
+    """One tar stream of `members` ((file, name in the archive)), cut into out/part-KK-of-NN.bin of
+    at most `part_bytes`, and out/manifest.json with every part's sha256 (and `about`)."""
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / "manifest.json").exists():
             raise CarryError(f"{out}: exists and holds no earlier packing; give --out an empty or new folder")
-        shutil.rmtree(out)  # an earlier packing: replaced
+        for old in [*out.glob("part-*.bin"), out / "manifest.json"]:  # an earlier packing: replaced
+            old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     stream = out / "stream.tar"
     with tarfile.open(stream, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -132,6 +164,10 @@ def pack(data_root: Path, out: Path, cache_dir: Path | None = None, part_bytes: 
                 tar.addfile(info, fh)
     size = stream.stat().st_size
     count = max(1, -(-size // part_bytes))
+    if max_parts is not None and count > max_parts:
+        stream.unlink()
+        raise CarryError(f"{size / MIB:.1f} MiB to pack needs {count} parts of {part_bytes / MIB:.1f} MiB, "
+                         f"more than the {max_parts} that can come back")
     parts = []
     with open(stream, "rb") as fh:
         for k in range(1, count + 1):
@@ -142,9 +178,8 @@ def pack(data_root: Path, out: Path, cache_dir: Path | None = None, part_bytes: 
     whole = sha256_file(stream)
     stream.unlink()
     manifest = {"format": 1, "parts": parts, "bytes": size, "sha256": whole,
-                "files": [name for _, name in members], "work_tree_bytes": tree, "limit_mib": limit_mib,
-                "margin_mib": margin_mib, "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "commit": provenance.git_state(repo)["commit"]}
+                "files": [name for _, name in members], "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(about or {})}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -190,10 +225,9 @@ def receive(carried: Path, store: Path) -> list[str]:
     return [e["name"] for e in manifest["parts"] if (store / e["name"]).is_file()]
 
 
-def unpack(store: Path, to: Path) -> dict:
-    """Check every part, join them, extract data/ and cache/ under `to`, and check every data file
-    against its SHA256SUMS. Returns {"data": folder for LUCIR_DATA, "cache": folder for
-    --cache-dir, "files": count}."""
+def extract_parts(store: Path, to: Path) -> list[str]:
+    """Check that every part of store/manifest.json is there and whole, join them, and extract the
+    archive under `to`; return the names extracted. One line naming what is wrong otherwise."""
     store, to = Path(store), Path(to)
     manifest = _manifest(store)
     missing = [e["name"] for e in manifest["parts"] if not (store / e["name"]).is_file()]
@@ -214,12 +248,21 @@ def unpack(store: Path, to: Path) -> dict:
         if sorted(names) != sorted(manifest["files"]) or any(n.startswith("/") or ".." in n.split("/") for n in names):
             raise CarryError(f"{store}: the archive's files differ from manifest.json; pack again")
         tar.extractall(to, filter="data")
-    for name in DATA_FOLDERS:
+    return names
+
+
+def unpack(store: Path, to: Path) -> dict:
+    """Check every part, join them, extract data/ and cache/ under `to`, and check every data file
+    against its SHA256SUMS. Returns {"data": folder for LUCIR_DATA, "cache": folder for
+    --cache-dir, "files": count}."""
+    to = Path(to)
+    names = extract_parts(store, to)
+    for name in DATA_FOLDERS if any(n.startswith("data/") for n in names) else ():
         folder = to / "data" / name
         bad = [f for f in provenance.data_checksums(folder) if not f["ok"]]
         if bad:
             raise CarryError(f"{folder / bad[0]['file']}: does not match {folder / 'SHA256SUMS'}; pack and carry again")
-    return {"data": str(to / "data"), "cache": str(to / "cache"), "files": len(names)}
+    return {"data": str(to / "data"), "cache": str(to / "cache"), "results": str(to / "results"), "files": len(names)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--data", default=os.environ.get("LUCIR_DATA"), help="data folder (default: $LUCIR_DATA)")
     a.add_argument("--cache-dir", help="base-phase cache folder whose base/*.pt files go along")
     a.add_argument("--out", default=".carry", help="folder of the parts (ignored by git; default .carry)")
+    a.add_argument("--results", help="a study results folder whose runs under way go along (to go on there)")
     a.add_argument("--profile", action="append", help="take the cached base phases of this study profile's runs, "
                    "named by their data-content key (repeatable; default: every cache file as named)")
     a.add_argument("--part-mib", type=float, help="size of a part (default: the most the limit allows)")
@@ -242,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "pack":
-            if not args.data:
-                raise CarryError("no data folder: give --data DIR or set LUCIR_DATA")
-            m = pack(Path(args.data).expanduser(), Path(args.out), Path(args.cache_dir).expanduser()
-                     if args.cache_dir else None, int(args.part_mib * MIB) if args.part_mib else None,
-                     limit_mib=args.limit_mib, profiles=args.profile)
+            if not args.data and not args.results:
+                raise CarryError("nothing to pack: give --data DIR (or set LUCIR_DATA) and/or --results DIR")
+            m = pack(Path(args.data).expanduser() if args.data else None, Path(args.out),
+                     Path(args.cache_dir).expanduser() if args.cache_dir else None,
+                     int(args.part_mib * MIB) if args.part_mib else None, limit_mib=args.limit_mib,
+                     profiles=args.profile, results=Path(args.results).expanduser() if args.results else None)
             print(f"{len(m['parts'])} parts of at most {max(e['bytes'] for e in m['parts']) / MIB:.1f} MiB in {args.out} "
                   f"({m['bytes'] / MIB:.1f} MiB, {len(m['files'])} files; work tree {m['work_tree_bytes'] / MIB:.1f} "
                   f"MiB; limit {m['limit_mib']} MiB a command)")
@@ -260,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                       else ""))
         else:
             r = unpack(Path(args.store), Path(args.to))
-            print(f"{r['files']} files checked and unpacked: LUCIR_DATA={r['data']} --cache-dir {r['cache']}")
+            print(f"{r['files']} files checked and unpacked: LUCIR_DATA={r['data']} --cache-dir {r['cache']} "
+                  f"(runs under way, if any: {r['results']})")
     except CarryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

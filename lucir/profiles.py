@@ -5,6 +5,7 @@ notebook will ask for. Nothing here trains or executes anything (lucir.study doe
 from __future__ import annotations
 
 import ast
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +68,25 @@ def load_profile(name_or_path: str) -> tuple[str, Path, dict]:
 
 
 def notebook_parameters(notebook: str) -> dict:
-    """{name: (type name, default value)} of the notebook's `parameters` cell (papermill's view)."""
-    import papermill as pm
-    params = pm.inspect_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"))
+    """{name: (type name, default value)} of the notebook's `parameters` cell (papermill's view;
+    read from the cell itself where papermill is not installed: the GPU image, lucir.campaign)."""
+    path = NOTEBOOKS_DIR / f"{notebook}.ipynb"
+    try:
+        import papermill as pm
+    except ImportError:
+        return parameters_cell(path)
+    params = pm.inspect_notebook(str(path))
     return {name: (p["inferred_type_name"], ast.literal_eval(p["default"])) for name, p in params.items()}
+
+
+def parameters_cell(path: Path) -> dict:
+    """{name: (annotation, default value)} of a notebook's cell tagged `parameters`, whose lines
+    are typed literals (`phases: list = [1, 5]  # ...`), as papermill reads them."""
+    cells = json.loads(Path(path).read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {node.target.id: (ast.unparse(node.annotation), ast.literal_eval(node.value))
+            for node in tree.body if isinstance(node, ast.AnnAssign)}
 
 
 def _check_type(notebook: str, name: str, value, type_name: str) -> None:

@@ -623,6 +623,21 @@ def provenance_section(results_dir) -> None:
                                  for f in d["files"]]))
     if not prov.get("data"):
         md("Data: synthetic (made in memory from a seed); no files.")
+    campaigns = sorted((ex.resolve_results_dir(results_dir) / "study" / "campaigns").glob("*.json"))
+    if campaigns:
+        md("Runs trained elsewhere (`python -m lucir.campaign`, brought here with `land`): where, when, by which "
+           "commit and command, and the runs each lease trained.")
+        rows = []
+        for path in campaigns:
+            c = json.loads(path.read_text())
+            p = c.get("provenance", {})
+            rows.append({"trained": c.get("started"), "device": _device_text(p.get("device", {})),
+                         "commit": (p.get("git", {}).get("commit") or "")[:12],
+                         "torch": p.get("versions", {}).get("torch"), "seconds": c.get("seconds"),
+                         "image-steps/s": c.get("rate"),
+                         "runs": ", ".join(f"{r['run']} ({r['state']})" for r in c.get("runs", [])),
+                         "command": c.get("command")})
+        show_table(pd.DataFrame(rows), digits=0)
     sidecars = []
     for experiment in ex.EXPERIMENTS:
         for p in study_pairs(study, experiment):

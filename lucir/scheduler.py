@@ -128,6 +128,12 @@ class RunTask:
     needed_by: list = field(default_factory=list)  # keys of the (notebook, setting) pairs
     base: str | None = None                        # its base-phase cache file, None without one
     cost: list = field(default_factory=list)       # run_cost per phase
+    deadline: float | None = None                  # time.time() after which the run stops at an epoch's end
+
+
+class DeadlineReached(Exception):
+    """A run stopped at the end of an epoch past its task's deadline; its epoch checkpoint is
+    written, so the same run goes on from there when it is run again."""
 
 
 def collect_runs(pairs, results_dir) -> tuple[list[RunTask], list[RunTask]]:
@@ -286,6 +292,8 @@ def execute_run(task: RunTask, slot: Slot) -> dict:
         res.write_json(progress, {"phase": desc, "epoch": epoch, "epochs": epochs})
         if desc.startswith("phase 0 "):
             record["base_epochs_trained"] += 1
+        if task.deadline is not None and time.time() >= task.deadline:  # the epoch checkpoint is written
+            raise DeadlineReached(f"{desc}, epoch {epoch}/{epochs}")
 
     try:
         with experiments.run_lock(folder):
@@ -295,6 +303,8 @@ def execute_run(task: RunTask, slot: Slot) -> dict:
             progress.unlink(missing_ok=True)
             trainer.run_incremental(config, folder, on_epoch=epoch_done)
         record |= {"status": "done", "error": None}
+    except DeadlineReached as e:
+        record |= {"status": "stopped", "error": None, "stopped_at": str(e)}
     except Exception as e:  # noqa: BLE001  (a failing run must not stop the others)
         record |= {"status": "failed", "error": one_line(e)}
     finally:
@@ -501,10 +511,13 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- the loop
-def execute(tasks: list[RunTask], executor, progress: Progress | None = None, poll: float = 1.0) -> dict:
+def execute(tasks: list[RunTask], executor, progress: Progress | None = None, poll: float = 1.0,
+            order=order_runs, stop=None) -> dict:
     """Every task on the executor, base phases first; {run name: result}. A run that reuses a base
-    phase starts once that base is cached, or once the run that trains it has ended."""
-    pending = order_runs(tasks)
+    phase starts once that base is cached, or once the run that trains it has ended. `order` puts
+    the tasks in the order they start (by default order_runs: longest first); once `stop()` is
+    true no more start, and the loop ends with the runs under way."""
+    pending = order(tasks)
     leaders = {}
     for t in pending:
         if t.base is not None:
@@ -516,8 +529,8 @@ def execute(tasks: list[RunTask], executor, progress: Progress | None = None, po
                 or Path(t.base).exists())
 
     try:
-        while pending or executor.running:
-            while executor.free() > 0:
+        while (pending and not (stop and stop())) or executor.running:
+            while executor.free() > 0 and not (stop and stop()):
                 task = next((t for t in pending if ready(t)), None)
                 if task is None:
                     break

@@ -1,0 +1,325 @@
+"""A study's runs trained on a borrowed GPU until a deadline, and brought home as results.
+
+The GPU machine this project borrows runs one command for at most 10 minutes, on an image with
+torch but no Jupyter stack, and sends back at most 8 files of at most 16 MiB from `$OUT`. A
+campaign trains a profile's runs there (base phases first and shared, the cells the repository
+lacks first, seed 0 before seeds 1 and 2), stops them cleanly at a deadline (at the end of an
+epoch: the epoch checkpoint is written), and packs everything the reports and the next lease need
+into $OUT. `land` takes the returned files home into the study's results and cache folders; the
+study then renders the report without training (docs/gpu.md, "A campaign"):
+
+    python -m lucir.campaign plan --profile paper_cifar_gpu                  # here: what a lease finishes
+    python -m lucir.campaign run --profile paper_cifar_gpu --out $OUT        # there, after lucir.carry unpack
+    python -m lucir.campaign land FOLDER --results results/paper_cifar_gpu --cache-dir ~/.cache/lucir
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import carry, provenance, scheduler
+from . import results as res
+from .profiles import StudyError, build_pairs, load_profile
+
+REPO_ROOT = provenance.REPO_ROOT
+
+RETURN_FILES = 8          # what comes back from $OUT
+RETURN_MIB = 16           # each at most
+PACK_SECONDS = 45         # kept free at the end of a command to pack $OUT (measured: a few seconds for 50 MB)
+COMMAND_MINUTES = 10      # the device tool's limit for one command
+
+
+def committed_runs(reports: Path = REPO_ROOT / "reports") -> set[str]:
+    """Names of the runs behind the committed reports (their runs.csv and tables): a campaign
+    trains the cells the repository lacks first."""
+    import pandas as pd
+    names = set()
+    for table in [*reports.glob("*/runs.csv"), *reports.glob("*/tables/*.csv")]:
+        frame = pd.read_csv(table)
+        for column in ("run", "run_dir"):
+            if column in frame:
+                names |= {str(v).rstrip("/").split("/")[-1] for v in frame[column].dropna()}
+    return names
+
+
+def campaign_order(tasks: list[scheduler.RunTask], committed: set[str]) -> list[scheduler.RunTask]:
+    """Seed 0's runs first, then seed 1's and seed 2's; within a seed the runs the repository lacks
+    before the others, and then the study's own order (a base phase's longest run leads it)."""
+    ranked = scheduler.order_runs(tasks)
+    position = {t.name: k for k, t in enumerate(ranked)}
+    return sorted(tasks, key=lambda t: (t.config.seed, t.name in committed, position[t.name]))
+
+
+def plan_tasks(profile: str, results: Path, runtime: dict) -> tuple[str, list[scheduler.RunTask], list]:
+    name, _, content = load_profile(profile)
+    pairs = build_pairs(content, results, None, runtime)
+    todo, earlier = scheduler.collect_runs(pairs, results)
+    return name, todo, earlier
+
+
+def work_done(task: scheduler.RunTask) -> float:
+    """Image-steps of the task that its folder holds: finished phases plus the epochs of the phase
+    under way (from its epoch checkpoint)."""
+    folder = Path(task.folder)
+    try:
+        phases = len(json.loads((folder / "metrics.json").read_text())["phases"])
+    except (OSError, ValueError, KeyError):
+        phases = 0
+    done = sum(task.cost[:phases])
+    state = _epoch_state(task)
+    if state and phases < len(task.cost) and state["stage"] == "train":
+        done += task.cost[phases] * state["epoch"] / max(state["epochs"], 1)
+    return done
+
+
+def _epoch_state(task: scheduler.RunTask) -> dict | None:
+    """{"phase", "stage", "epoch", "epochs"} of the run's epoch checkpoint (or of the base phase it
+    trains for the cache, kept beside the cache file), None without one."""
+    from .trainer import base_partial_path
+    path = res.epoch_checkpoint_path(task.folder)
+    if not path.exists() and task.base is not None:
+        path = base_partial_path(Path(task.base))
+    state = res.load_state(path, "the phase under way")
+    if state is None:
+        return None
+    c = task.config
+    epochs = c.cbf_epochs if state["stage"] == "cbf" else (c.base_epochs or c.epochs) if state["phase"] == 0 \
+        else c.epochs
+    return {"phase": int(state["phase"]), "stage": state["stage"], "epoch": int(state["epoch"]), "epochs": epochs}
+
+
+def describe(task: scheduler.RunTask) -> str:
+    if res.is_complete(task.folder):
+        return "complete"
+    state = _epoch_state(task)
+    try:
+        phases = len(json.loads((Path(task.folder) / "metrics.json").read_text())["phases"])
+    except (OSError, ValueError, KeyError):
+        phases = 0
+    if state:
+        stage = " (class-balanced finetune)" if state["stage"] == "cbf" else ""
+        return (f"under way: phase {state['phase']} of {task.config.phases}{stage}, "
+                f"epoch {state['epoch']}/{state['epochs']}")
+    return f"under way: {phases} of {task.config.phases + 1} phases done" if phases else "not started"
+
+
+def rate_for(kind: str, model: str) -> tuple[float, str]:
+    table = scheduler.rates()
+    entry = table.get(kind, {})
+    return float(entry.get(model, 1.0)), entry.get("source", "unknown")
+
+
+def lease_seconds(deadline_minutes: float) -> float:
+    return deadline_minutes * 60.0
+
+
+def plan(profile: str, results: Path, deadline_minutes: float, rate: float | None, kind: str = "cuda",
+         runtime: dict | None = None) -> list[str]:
+    """The dry run: each run in campaign order with its image-steps, the lease in which it would
+    end at the rate of lucir/rates.json (or `rate`), and how many leases the whole profile takes."""
+    name, todo, earlier = plan_tasks(profile, results, runtime or {})
+    committed = committed_runs()
+    ordered = campaign_order(todo, committed)
+    costs = dict(zip((t.name for t in scheduler.order_runs(ordered)),
+                     scheduler.costs_with_shared_bases(scheduler.order_runs(ordered))))
+    model = ordered[0].config.resolved_model if ordered else "resnet32"
+    r, source = (rate, "given with --rate") if rate else rate_for(kind, model)
+    per_lease = lease_seconds(deadline_minutes) * r
+    lines = [f"campaign {name}: {len(todo)} runs to train ({len(earlier)} complete earlier) on one {kind} at "
+             f"{r:,.0f} image-steps/s ({source}); {deadline_minutes:g} min of training a lease = "
+             f"{per_lease / 1e6:.1f}M image-steps",
+             f"  {'#':>3}  {'run':<40} {'method':<8} {'order':>5} {'in reports':>10} {'image-steps':>11} {'ends in lease':>13}"]
+    total = 0.0
+    for k, t in enumerate(ordered, 1):
+        left = sum(costs[t.name]) - work_done(t)
+        total += max(left, 0.0)
+        lease = int(total // per_lease) + 1 if per_lease > 0 else 0
+        lines.append(f"  {k:>3}  {t.name:<40} {t.label[:8]:<8} {t.config.class_order_run:>5} "
+                     f"{'yes' if t.name in committed else 'no':>10} {left / 1e6:>10.1f}M {lease:>13}")
+    by_seed = {}
+    running = 0.0
+    for t in ordered:
+        running += max(sum(costs[t.name]) - work_done(t), 0.0)
+        by_seed[t.config.seed] = running
+    for seed, upto in sorted(by_seed.items()):
+        lines.append(f"seeds up to {seed}: {upto / 1e6:.1f}M image-steps, {-(-upto // per_lease):.0f} lease(s)")
+    return lines
+
+
+# --------------------------------------------------------------------------- run (on the GPU machine)
+def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cuda", jobs: int | None = None,
+        runs_per_gpu: int = 1, data_dir: str | None = None, cache_dir: str | None = None,
+        command: str = "", log=sys.stderr, grace: float = PACK_SECONDS / 3) -> dict:
+    """Train the profile's runs under `work` until `deadline` (time.time()), then pack into `out`.
+    A run stops at the end of its first epoch past the deadline; one still under way `grace`
+    seconds after it (a long epoch, evaluation, herding) is packed as its checkpoints hold it.
+    Returns the summary that campaign.json holds."""
+    started = time.time()
+    results = work / "results"
+    runtime = {k: v for k, v in (("data_dir", data_dir), ("cache_dir", cache_dir)) if v}
+    name, todo, earlier = plan_tasks(profile, results, runtime)
+    committed = committed_runs()
+    for t in todo:
+        t.deadline = deadline
+    before = {t.name: work_done(t) for t in todo}
+    slots = scheduler.local_slots(device, jobs, runs_per_gpu)
+    executor = scheduler.LocalExecutor(slots)
+
+    def say(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=log, flush=True)
+
+    say(f"campaign {name}: {len(todo)} runs to train, {len(earlier)} complete earlier; {executor.describe()}; "
+        f"deadline in {(deadline - started) / 60:.1f} min")
+    outcome: dict = {}
+    done = threading.Event()
+
+    def train() -> None:
+        try:
+            outcome.update(scheduler.execute(todo, executor, None, poll=0.5,
+                                             order=lambda ts: campaign_order(ts, committed),
+                                             stop=lambda: time.time() >= deadline))
+        finally:
+            done.set()
+
+    threading.Thread(target=train, name="campaign", daemon=True).start()
+    last = time.time()
+    while not done.wait(min(5.0, max(deadline + grace - time.time(), 0.5))):
+        if time.time() - last >= 30:  # plain progress lines, every 30 s
+            last = time.time()
+            busy = "; ".join(f"{t.name}: {describe(t)}" for _, t in executor.busy()) or "none"
+            say(f"{sum(r['status'] == 'done' for r in outcome.values())} runs ended; under way: {busy}")
+        if time.time() > deadline + grace:  # a run that overran its last epoch: pack what is on disk
+            say("past the deadline with runs still under way: packing what their checkpoints hold")
+            break
+    trained = time.time() - started
+    steps = sum(work_done(t) - before[t.name] for t in todo)
+    summary = {"profile": name, "command": command, "started": provenance.now(), "seconds": trained,
+               "image_steps": steps, "rate": steps / max(trained, 1e-9),
+               "provenance": provenance.collect(),
+               "runs": [{"run": t.name, "method": t.label, "phases": t.config.phases, "seed": t.config.seed,
+                         "class_order": t.config.class_order_run, "state": describe(t),
+                         "result": outcome.get(t.name, {}).get("status", "not started"),
+                         "left": max(sum(t.cost) - work_done(t), 0.0)} for t in todo]}
+    pack(summary, todo + earlier, Path(cache_dir) if cache_dir else None, started, out)
+    for line in table(summary, deadline - started):
+        say(line)
+    return summary
+
+
+def table(summary: dict, lease_training: float) -> list[str]:
+    """What the lease did, and what the next one would finish at the rate it measured."""
+    lines = [f"{summary['image_steps'] / 1e6:.2f}M image-steps in {summary['seconds']:.0f} s: "
+             f"{summary['rate']:,.0f} image-steps/s"]
+    budget, next_lease = summary["rate"] * lease_training, []
+    for r in summary["runs"]:
+        lines.append(f"  {r['run']:<40} {r['method']:<8} {r['state']}")
+        if r["left"] > 0 and r["left"] <= budget:
+            budget -= r["left"]
+            next_lease.append(r["run"])
+    lines.append(f"the next lease would finish: {', '.join(next_lease) if next_lease else 'no run'}")
+    return lines
+
+
+def pack(summary: dict, tasks: list[scheduler.RunTask], cache_dir: Path | None, since: float, out: Path) -> dict:
+    """Into `out`: at most RETURN_FILES files of at most RETURN_MIB, the run folders (all but locks
+    and progress files: metrics, confusion matrices, weight norms, the newest phase checkpoint, the
+    epoch checkpoint), the base phases cached during the campaign, and campaign.json."""
+    members = []
+    for t in tasks:
+        folder = Path(t.folder)
+        if folder.exists():
+            members += [(p, f"runs/{folder.name}/{p.relative_to(folder)}") for p in carry.run_state_files(folder)]
+    if cache_dir is not None:
+        members += [(p, f"cache/base/{p.name}") for p in sorted((cache_dir / "base").glob("*.pt"))
+                    if p.stat().st_mtime >= since]
+    out.mkdir(parents=True, exist_ok=True)
+    record = out.parent / f".{out.name}-campaign.json"
+    record.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    members.append((record, "campaign.json"))
+    try:
+        return carry.write_parts(members, out, RETURN_MIB * carry.MIB - 64 * 1024, {"kind": "campaign"},
+                                 max_parts=RETURN_FILES - 1)
+    finally:
+        record.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- land (back home)
+def land(folder: Path, results: Path, cache_dir: Path) -> dict:
+    """The returned files into the study's results folder (runs/) and the cache folder (base/);
+    campaign.json into results/study/campaigns/, where the report's provenance lists it."""
+    staging = results / "study" / ".landing"
+    shutil.rmtree(staging, ignore_errors=True)
+    carry.extract_parts(folder, staging)
+    summary = json.loads((staging / "campaign.json").read_text())
+    for run in sorted((staging / "runs").iterdir()) if (staging / "runs").exists() else []:
+        target = results / "runs" / run.name
+        if target.exists():
+            shutil.rmtree(target)  # the lease went on from this run's state: its files are newer
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run), str(target))
+    for path in sorted((staging / "cache" / "base").glob("*.pt")) if (staging / "cache").exists() else []:
+        (cache_dir / "base").mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(cache_dir / "base" / path.name))
+    campaigns = results / "study" / "campaigns"
+    campaigns.mkdir(parents=True, exist_ok=True)
+    stamp = summary.get("started", provenance.now()).replace(":", "")
+    shutil.move(str(staging / "campaign.json"), str(campaigns / f"{stamp}.json"))
+    shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lucir.campaign", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("plan", help="here: which runs a lease finishes, and how many leases the profile takes")
+    a.add_argument("--profile", required=True)
+    a.add_argument("--results", default=None, help="results folder whose runs count as done (default: a fresh one)")
+    a.add_argument("--deadline-min", type=float, default=COMMAND_MINUTES - 1.5, help="training minutes of a lease")
+    a.add_argument("--rate", type=float, help="image-steps/s (default: lucir/rates.json's cuda figure)")
+    b = sub.add_parser("run", help="there: train until the deadline, then pack into --out")
+    b.add_argument("--profile", required=True)
+    b.add_argument("--work", default="/tmp/lucir-data", help="where lucir.carry unpacked (its data/, cache/ and "
+                   "results/ are the campaign's unless --data or --cache-dir say otherwise)")
+    b.add_argument("--out", default=os.environ.get("OUT"), help="where the returned files go ($OUT)")
+    b.add_argument("--data", help="data folder (default: WORK/data)")
+    b.add_argument("--cache-dir", help="base-phase cache folder (default: WORK/cache)")
+    b.add_argument("--deadline-min", type=float, default=COMMAND_MINUTES - 1.5,
+                   help="minutes from now at which the runs stop (default: 10 less 1.5 to pack and return)")
+    b.add_argument("--device", default="cuda")
+    b.add_argument("--jobs", type=int, help="runs at once (default: --runs-per-gpu per GPU)")
+    b.add_argument("--runs-per-gpu", type=int, default=1)
+    c = sub.add_parser("land", help="here: the returned files into the results and cache folders")
+    c.add_argument("folder", help="where the returned files were copied")
+    c.add_argument("--results", required=True)
+    c.add_argument("--cache-dir", default=os.environ.get("LUCIR_CACHE") or str(Path.home() / ".cache" / "lucir"))
+    args = p.parse_args(argv)
+    try:
+        if args.command == "plan":
+            results = Path(args.results or (Path(os.environ.get("TMPDIR", "/tmp")) / "lucir-campaign-plan"))
+            for line in plan(args.profile, results, args.deadline_min, args.rate):
+                print(line)
+        elif args.command == "run":
+            if not args.out:
+                raise StudyError("no --out and no $OUT: where should the returned files go?")
+            deadline = time.time() + args.deadline_min * 60
+            work = Path(args.work)
+            run(args.profile, work, Path(args.out), deadline, args.device, args.jobs, args.runs_per_gpu,
+                args.data or str(work / "data"), args.cache_dir or str(work / "cache"), command=" ".join(sys.argv))
+        else:
+            s = land(Path(args.folder), Path(args.results), Path(args.cache_dir).expanduser())
+            print(f"landed {len(s['runs'])} runs of campaign {s['profile']} ({s['image_steps'] / 1e6:.1f}M image-steps "
+                  f"at {s['rate']:,.0f}/s on {s['provenance']['device'].get('gpu') or 'CPU'}) in {args.results}")
+    except (StudyError, carry.CarryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
