@@ -33,6 +33,7 @@ RETURN_FILES = 8          # what comes back from $OUT
 RETURN_MIB = 16           # each at most
 PACK_SECONDS = 45         # kept free at the end of a command to pack $OUT (measured: a few seconds for 50 MB)
 COMMAND_MINUTES = 10      # the device tool's limit for one command
+LEASE_TRAINING_MINUTES = 7  # of a 15-minute lease: start 2-4, carrying the data 1.5, packing 0.5 (docs/gpu.md)
 
 
 def committed_runs(reports: Path = REPO_ROOT / "reports") -> set[str]:
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("plan", help="here: which runs a lease finishes, and how many leases the profile takes")
     a.add_argument("--profile", required=True)
     a.add_argument("--results", default=None, help="results folder whose runs count as done (default: a fresh one)")
-    a.add_argument("--deadline-min", type=float, default=COMMAND_MINUTES - 1.5, help="training minutes of a lease")
+    a.add_argument("--deadline-min", type=float, default=LEASE_TRAINING_MINUTES, help="training minutes of a lease")
     a.add_argument("--rate", type=float, help="image-steps/s (default: lucir/rates.json's cuda figure)")
     b = sub.add_parser("run", help="there: train until the deadline, then pack into --out")
     b.add_argument("--profile", required=True)
@@ -289,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=os.environ.get("OUT"), help="where the returned files go ($OUT)")
     b.add_argument("--data", help="data folder (default: WORK/data)")
     b.add_argument("--cache-dir", help="base-phase cache folder (default: WORK/cache)")
-    b.add_argument("--deadline-min", type=float, default=COMMAND_MINUTES - 1.5,
-                   help="minutes from now at which the runs stop (default: 10 less 1.5 to pack and return)")
+    b.add_argument("--deadline-min", type=float, default=LEASE_TRAINING_MINUTES,
+                   help="minutes from now at which the runs stop (at most 10 less a minute to pack and return)")
     b.add_argument("--device", default="cuda")
     b.add_argument("--jobs", type=int, help="runs at once (default: --runs-per-gpu per GPU)")
     b.add_argument("--runs-per-gpu", type=int, default=1)
@@ -307,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             if not args.out:
                 raise StudyError("no --out and no $OUT: where should the returned files go?")
+            if not 0 < args.deadline_min <= COMMAND_MINUTES - 1:
+                raise StudyError(f"--deadline-min {args.deadline_min:g}: give at most {COMMAND_MINUTES - 1} (a command "
+                                 f"runs {COMMAND_MINUTES} min, and packing the returned files needs the last one)")
             deadline = time.time() + args.deadline_min * 60
             work = Path(args.work)
             run(args.profile, work, Path(args.out), deadline, args.device, args.jobs, args.runs_per_gpu,
