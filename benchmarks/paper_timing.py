@@ -118,8 +118,8 @@ def describe(projection: dict, kind: str) -> list[str]:
     p = projection
     lines = [f"Paper-shaped run on {kind}: {len(p['phases'])} phases timed with {p['timed_epochs']} epochs each "
              f"in {p['timed_seconds']:.1f} s (measured).",
-             f"Measured per phase: the steady epoch, and the rest (imprinting, herding, NME and CNN evaluation, "
-             f"checkpoints, first-epoch warm-up and any compilation): "
+             "Measured per phase: the steady epoch, and the rest (imprinting, herding, NME and CNN evaluation, "
+             "checkpoints, first-epoch warm-up and any compilation): "
              + ", ".join(f"phase {q['phase']} {q['rest_measured']:.1f} s" for q in p["phases"])
              + f"; outside the phases (model, phase checkpoints) {p['outside_phases_measured']:.1f} s "
              f"(making the synthetic set, {p['synthetic_data_seconds'] or 0:.1f} s, is left out).",

@@ -453,7 +453,7 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
     check_amp(c.amp, device)
     set_deterministic(c.deterministic, device)
     if c.device == "auto" and is_main() and (unusable := unusable_gpu()):
-        from .scheduler import cpu_instead_of_gpu, run_cost
+        from .costs import cpu_instead_of_gpu, run_cost
         print(f"warning: {unusable}; this run's {cpu_instead_of_gpu([(c, sum(run_cost(c)))])}", file=sys.stderr)
     data = load_dataset(c)
     ranges = phase_classes(phase_sizes(len(data.class_names), c.base_classes, c.phases))

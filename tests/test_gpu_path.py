@@ -12,7 +12,7 @@ import torch
 
 import lucir
 from lucir import device as dev
-from lucir import experiments, scheduler, study, trainer
+from lucir import costs, experiments, scheduler, study, trainer
 from lucir import results as res
 from lucir.config import config_from_dict
 from lucir.models import build_model
@@ -260,5 +260,5 @@ def test_projections_read_the_committed_rates_file(tmp_path, monkeypatch):
     assert scheduler.projected_seconds(c, "cuda") == pytest.approx(sum(scheduler.run_cost(c)) / table["cuda"]["resnet32"])
     faster = tmp_path / "rates.json"
     faster.write_text(json.dumps(table | {"cuda": table["cuda"] | {"resnet32": 2 * table["cuda"]["resnet32"]}}))
-    monkeypatch.setattr(scheduler, "RATES_FILE", faster)
+    monkeypatch.setattr(costs, "RATES_FILE", faster)
     assert scheduler.projected_seconds(c, "cuda") == pytest.approx(scheduler.projected_seconds(c, "cuda", table=table) / 2)
