@@ -59,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(*_preset_and_dataset(argv)).parse_args(argv)
     from . import distributed
     from .data import DataError
+    from .results import WriteError
     from .trainer import TrainingDiverged, run_incremental
     try:
         config = make_config(args.preset, **parse_overrides(args.overrides))
         metrics = run_incremental(config, args.out)
-    except (ConfigError, DataError, TrainingDiverged) as e:
+    except (ConfigError, DataError, TrainingDiverged, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:

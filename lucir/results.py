@@ -3,6 +3,7 @@ metrics.csv (long format), confusion matrices, weight norms and per-phase checkp
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -53,18 +54,34 @@ def locked(path: Path):
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class WriteError(RuntimeError):
+    """A file could not be written (disk full, read-only folder, no permission): one line naming
+    the file and the system's reason. Files written before it are complete (atomic_write), so the
+    same command goes on once the cause is removed."""
+
+
+def write_error(path, e: OSError) -> WriteError:
+    reason = e.strerror or str(e)
+    return WriteError(f"cannot write '{path}': {reason}; free space or make the folder writable "
+                      f"(or choose another folder), then run the same command again")
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename into place: a file that exists is complete."""
+    """Call write(tmp_path), then rename into place: a file that exists is complete. An OSError on
+    the way (the folder, the temporary file, the rename) is a WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -124,11 +141,34 @@ def load_metrics(out_dir) -> dict:
 
 
 def is_complete(out_dir) -> bool:
+    """metrics.json says complete and the final phase's checkpoint it vouches for is there."""
+    return _says_complete(out_dir) and missing_final_checkpoint(out_dir) is None
+
+
+def _says_complete(out_dir) -> bool:
     path = Path(out_dir) / "metrics.json"
     try:
         return bool(json.loads(path.read_text()).get("complete"))
     except (OSError, ValueError):
         return False
+
+
+def missing_final_checkpoint(out_dir) -> Path | None:
+    """The final phase checkpoint of a folder whose metrics.json says complete, when it is missing
+    (deleted, or a run written before the checkpoint came first); None otherwise."""
+    try:
+        phases = json.loads((Path(out_dir) / "metrics.json").read_text())["phases"]
+        path = checkpoint_path(out_dir, int(phases[-1]["phase"]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return None if path.exists() else path
+
+
+def check_final_checkpoint(out_dir) -> None:
+    """A ConfigError when metrics.json says complete but the final weights are missing."""
+    if _says_complete(out_dir) and (path := missing_final_checkpoint(out_dir)) is not None:
+        raise CheckpointError(f"'{Path(out_dir) / 'metrics.json'}' says the run is complete but its final checkpoint "
+                              f"'{path}' is missing; delete metrics.json to train the last phase again")
 
 
 def metrics_long(metrics: dict) -> pd.DataFrame:
@@ -171,7 +211,15 @@ def save_checkpoint(out_dir, phase: int, state: dict) -> None:
 
 
 def save_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
+    atomic_write(path, lambda p: Path(p).write_bytes(state_bytes(state)))
+
+
+def state_bytes(state) -> bytes:
+    """torch.save's file as bytes, so that writing it raises the system's OSError (torch's own
+    writer reports a full disk as "file write failed", without the reason)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 class CheckpointError(ConfigError):

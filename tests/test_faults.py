@@ -1,0 +1,149 @@
+"""Faults a run can meet (issue 32), each injected for real: a kill between the phase checkpoint
+and metrics.json, a deleted final checkpoint, a full disk (a small tmpfs), a read-only folder (a
+tmpfs mounted read-only), a second writer of the same --out. Each ends in one line on stderr
+naming the file and a non-zero exit, and once the fault is removed the same command ends with the
+metrics and weights of a run never interrupted.
+
+The mounts need root (as on the CI machine); without it those tests are skipped."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, comparable, file_hashes
+from lucir import results as res
+from lucir import run_incremental
+from test_resume import _config, _env, _weights, command
+from smoke_study import REPO
+
+VALUES = dict(TINY, cache_base=False, checkpoint_every=0)  # three phases, every file in the run folder
+LAST = 2
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of VALUES: (folder, metrics)."""
+    out = tmp_path_factory.mktemp("faults_reference") / "run"
+    return out, run_incremental(_config("lucir", VALUES, out.parent / "cache"), out)
+
+
+def lucir_run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def args_for(out: Path) -> list[str]:
+    return command("lucir", dict(VALUES, cache_dir=out.parent / "cache"), out)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def assert_uninterrupted(out: Path, reference) -> None:
+    ref_out, ref_metrics = reference
+    metrics = res.load_metrics(out)
+    assert metrics["complete"] and comparable(metrics) == comparable(ref_metrics)
+    ref_w, w = _weights(ref_out, LAST), _weights(out, LAST)
+    assert ref_w.keys() == w.keys() and all(torch.equal(ref_w[k], w[k]) for k in w)
+
+
+# --------------------------------------------------------------------------- item 1: "complete" last
+KILLED_AFTER_CHECKPOINT = r"""
+import os, signal, sys
+from lucir import cli
+from lucir import results as res
+save = res.save_checkpoint
+def save_then_die(out_dir, phase, state):
+    save(out_dir, phase, state)
+    if phase == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+res.save_checkpoint = save_then_die
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("phase", [1, LAST])
+def test_a_kill_between_the_phase_checkpoint_and_metrics_resumes_to_the_uninterrupted_run(tmp_path, reference, phase):
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINT, str(phase), *args_for(out)],
+                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert res.checkpoint_path(out, phase).exists() and not res.is_complete(out)
+    assert len(res.load_metrics(out)["phases"]) == phase  # metrics.json of the phase before
+    again = lucir_run(args_for(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+def test_a_complete_run_without_its_final_checkpoint_is_refused_in_one_line(tmp_path, reference):
+    out = tmp_path / "run"
+    first = lucir_run(args_for(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    final = res.checkpoint_path(out, LAST)
+    final.unlink()
+    assert not res.is_complete(out)  # the study counts it as not done either
+    refused = lucir_run(args_for(out))
+    assert refused.returncode == 2 and "average incremental accuracy" not in refused.stdout
+    line = one_line(refused.stderr)
+    assert str(final) in line and "delete metrics.json" in line
+    (out / "metrics.json").unlink()  # what the line says to do
+    again = lucir_run(args_for(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+# --------------------------------------------------------------------------- full disk, read-only folder
+@pytest.fixture
+def mount_point(tmp_path):
+    """A folder to mount a tmpfs on; unmounted at the end. Skips where mounting is not permitted."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    probe = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(point)], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+    subprocess.run(["umount", str(point)], check=True)
+    yield point
+    subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_same_command_goes_on(tmp_path, reference, mount_point):
+    # room for the run's first phase (its checkpoint and small files) but not for the second checkpoint
+    size = res.checkpoint_path(reference[0], 0).stat().st_size * 3 // 2
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True)
+    out = mount_point / "run"
+    args = command("lucir", dict(VALUES, cache_dir=tmp_path / "cache"), out)
+    full = lucir_run(args)
+    assert full.returncode == 1, full.stderr[-2000:]
+    line = one_line(full.stderr)
+    assert "No space left on device" in line and str(res.checkpoint_path(out, 1)) in line
+    assert res.checkpoint_path(out, 0).exists() and not res.is_complete(out)
+    assert not list(out.rglob("*.tmp")), "a failed write leaves no temporary file"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(mount_point)], check=True)  # space freed
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+def test_a_read_only_out_folder_is_one_line_naming_it_and_the_same_command_runs_once_writable(
+        tmp_path, reference, mount_point):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64m", "tmpfs", str(mount_point)], check=True)
+    out = mount_point / "run"
+    args = command("lucir", dict(VALUES, cache_dir=tmp_path / "cache"), out)
+    refused = lucir_run(args)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = one_line(refused.stderr)
+    assert "Read-only file system" in line and str(mount_point) in line
+    subprocess.run(["mount", "-o", "remount,rw", str(mount_point)], check=True)
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
