@@ -15,6 +15,7 @@ import json
 import lzma
 import math
 import os
+import pickle
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -451,15 +452,40 @@ def download_cifar100(root: Path) -> Path:
     return root
 
 
+# What torchvision's CIFAR-100 pickles hold besides dicts, lists, strings and numbers: numpy
+# arrays (and numpy scalars), rebuilt by these numpy functions, and bytes, which Python 3 writes at
+# protocol 2 as _codecs.encode(text, "latin1") (the same files written again, as tests/conftest.py
+# does). Nothing else is let through.
+CIFAR_PICKLE_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                        for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype"),
+                                                                    ("_codecs", "encode")}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for torchvision's cifar-100-python files that accepts only the types they hold
+    (CIFAR_PICKLE_GLOBALS): a file from elsewhere that names any other callable (os.system, say)
+    is refused before anything of it runs. Python 2 strings are read as latin-1, as torchvision does."""
+
+    def __init__(self, fh, path: Path):
+        super().__init__(fh, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise DataError(f"'{self.path}' is not a CIFAR-100 file of torchvision: it asks to load "
+                            f"'{module}.{name}', which those files never hold, so it was not read (nothing in it "
+                            f"ran); delete '{self.path.parent}' and point at the data again")
+        return super().find_class(module, name)
+
+
 def read_torchvision_cifar100(folder: Path):
     """(train_x, train_y, test_x, test_y, names) from torchvision's cifar-100-python pickles in
     `folder`, in the array format's order (position i holds class i % 100, its (i // 100)-th
     image; see array_format_order), so that both formats give the same runs."""
-    import pickle
-
     def load(name):
-        with open(Path(folder) / CIFAR100_TORCHVISION / name, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
+        path = Path(folder) / CIFAR100_TORCHVISION / name
+        with open(path, "rb") as fh:
+            return CifarUnpickler(fh, path).load()
 
     out = []
     for split in ("train", "test"):
@@ -500,9 +526,10 @@ def load_cifar100(root: Path):
         folder = arr or download_cifar100(root)
         try:
             return (*read_torchvision_cifar100(folder), f"torchvision's {CIFAR100_TORCHVISION} at {folder}")
-        except (OSError, EOFError, ValueError, KeyError) as e:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, pickle.UnpicklingError) as e:
             raise DataError(f"CIFAR-100 data in '{folder / CIFAR100_TORCHVISION}' is corrupt or incomplete "
-                            f"({type(e).__name__}: {e}); delete that folder to download it again") from None
+                            f"({type(e).__name__}: {one_line(str(e), 200)}); delete that folder to download it "
+                            f"again") from None
     try:
         shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
         if not shards:

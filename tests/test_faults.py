@@ -147,3 +147,56 @@ def test_a_read_only_out_folder_is_one_line_naming_it_and_the_same_command_runs_
     again = lucir_run(args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert_uninterrupted(out, reference)
+
+
+# --------------------------------------------------------------------------- item 3: a data folder runs nothing
+class _CreatesAFile:
+    """Unpickled by a general unpickler, this opens (creates) the file `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+CIFAR_VALUES = dict(TINY, dataset="cifar100", num_classes=4, base_classes=2, phases=1, train_per_class=5,
+                    test_per_class=3, cache_base=False, checkpoint_every=0)
+
+
+@pytest.mark.parametrize("fault", ["code", "garbage"])
+def test_a_cifar_pickle_that_would_run_code_or_is_garbage_is_refused_and_runs_nothing(tmp_path, torchvision_cifar100,
+                                                                                      fault):
+    import pickle
+    _, good = torchvision_cifar100
+    data = tmp_path / "data"
+    (data / "cifar-100-python").mkdir(parents=True)
+    for name in ("test", "meta"):
+        (data / "cifar-100-python" / name).symlink_to(good / "cifar-100-python" / name)
+    train = data / "cifar-100-python" / "train"
+    marker = tmp_path / "created_by_the_pickle"
+    if fault == "code":
+        payload = pickle.dumps({"data": _CreatesAFile(marker), "fine_labels": []}, protocol=2)
+        probe = tmp_path / "probe"
+        pickle.loads(pickle.dumps(_CreatesAFile(probe), protocol=2))  # noqa: S301  the fault is real: a general
+        assert probe.exists()  # unpickler creates the file
+    else:
+        payload = bytes(range(256)) * 40
+    train.write_bytes(payload)
+    out = tmp_path / "run"
+    args = command("lucir", dict(CIFAR_VALUES, cache_dir=tmp_path / "cache", data_dir=data), out)
+    refused = lucir_run(args)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = one_line(refused.stderr)
+    assert str(train if fault == "code" else train.parent) in line
+    assert not marker.exists(), "the pickle ran"
+    assert not res.checkpoint_path(out, 0).exists()
+    # the fault removed: the genuine file in its place, and the same command runs to the end
+    train.unlink()
+    train.symlink_to(good / "cifar-100-python" / "train")
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    reference = run_incremental(_config("lucir", dict(CIFAR_VALUES, data_dir=str(good)), tmp_path / "c2"),
+                                tmp_path / "reference")
+    ours = res.load_metrics(out)
+    assert ours["complete"] and comparable(ours)["phases"] == comparable(reference)["phases"]
