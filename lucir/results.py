@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -37,16 +38,28 @@ def run_identity(config: Config) -> dict:
             if k not in RUNTIME_FIELDS and not (k in NEUTRAL_FIELDS and v == NEUTRAL_FIELDS[k])}
 
 
+class Locked(RuntimeError):
+    """A lock taken without waiting is held by another process."""
+
+
 @contextlib.contextmanager
-def locked(path: Path):
+def locked(path: Path, wait: bool = True):
     """An exclusive lock (fcntl.flock) on the file `path`, created if missing, held inside the
     `with`. Processes that share a results or cache folder take turns; on a system without
-    fcntl it locks nothing."""
+    fcntl it locks nothing. With wait=False a lock held by another process raises Locked, naming
+    the holder (pid and host, read from /proc/locks; the lock file itself is never written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")
+    except OSError as e:
+        raise write_error(path, e) from None
+    with fh:
         if fcntl:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Locked(f"'{path}' is held by {lock_holder(fh)}") from None
         try:
             yield
         finally:
@@ -64,6 +77,21 @@ def write_error(path, e: OSError) -> WriteError:
     reason = e.strerror or str(e)
     return WriteError(f"cannot write '{path}': {reason}; free space or make the folder writable "
                       f"(or choose another folder), then run the same command again")
+
+
+def lock_holder(fh) -> str:
+    """Who holds the flock on the open file `fh`: "pid N on host H" from /proc/locks (Linux), or
+    "another process" where that cannot be read (another host sharing the folder over NFS)."""
+    st = os.fstat(fh.fileno())
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" not in fields and len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                return f"pid {fields[4]} on host {socket.gethostname()}"
+    except OSError:
+        pass
+    return "another process"
 
 
 def atomic_write(path: Path, write) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,6 +148,33 @@ def test_a_read_only_out_folder_is_one_line_naming_it_and_the_same_command_runs_
     again = lucir_run(args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert_uninterrupted(out, reference)
+
+
+# --------------------------------------------------------------------------- item 5: two writers
+def test_a_second_writer_of_one_out_folder_is_told_who_holds_it_and_writes_nothing(tmp_path, reference):
+    out = tmp_path / "run"
+    args = args_for(out)
+    first = subprocess.Popen([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "config.json").exists():  # the first holds the lock and has begun writing
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGSTOP)  # keeps it holding the lock, its files unchanged
+        before = file_hashes(tmp_path)
+        second = lucir_run(args)
+        assert file_hashes(tmp_path) == before, "the second writer wrote files"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 1
+    line = one_line(second.stderr)
+    assert f"pid {first.pid} on host {socket.gethostname()}" in line and str(out) in line
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert_uninterrupted(out, reference)
+    again = lucir_run(args)  # the holder has ended: the same command loads the run
+    assert again.returncode == 0 and "average incremental accuracy" in again.stdout, again.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- item 3: a data folder runs nothing
