@@ -177,6 +177,22 @@ def test_a_second_writer_of_one_out_folder_is_told_who_holds_it_and_writes_nothi
     assert again.returncode == 0 and "average incremental accuracy" in again.stdout, again.stderr[-2000:]
 
 
+# --------------------------------------------------------------------------- item 6: milestones
+@pytest.mark.parametrize("sets, named", [
+    (["epochs=10", "lr_milestones=200"], "lr_milestones = 200 has 200 outside the epochs = 10"),
+    (["epochs=4", "lr_milestones=2,3", "base_epochs=3", "base_lr_milestones=2,5"], "base_lr_milestones = 2,5 has 5"),
+    (["epochs=4", "lr_milestones=2,3", "base_epochs=2"], "lr_milestones = 2,3 has 3 outside the base_epochs = 2"),
+    (["epochs=2", "lr_milestones=1", "class_balanced_finetune=true", "cbf_epochs=3", "cbf_lr_milestones=0"],
+     "cbf_lr_milestones = 0 has 0 outside the cbf_epochs = 3"),
+])
+def test_milestones_outside_the_epochs_of_their_stage_are_refused_in_one_line(tmp_path, sets, named):
+    args = ["run", "--preset", "lucir", "--set", "dataset=synthetic", "--set", f"cache_dir={tmp_path / 'cache'}",
+            *[x for s in sets for x in ("--set", s)], "--out", str(tmp_path / "run")]
+    refused = lucir_run(args, timeout=240)
+    assert refused.returncode == 2 and named in one_line(refused.stderr)
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- item 3: a data folder runs nothing
 class _CreatesAFile:
     """Unpickled by a general unpickler, this opens (creates) the file `path`."""

@@ -388,7 +388,8 @@ def test_study_data_check_says_what_it_downloads_and_downloads_once(tmp_path, mo
 
 def test_progress_cost_counts_every_phase():
     from lucir import make_config
-    c = make_config("lucir", num_classes=40, base_classes=20, phases=5, train_per_class=100, base_epochs=20, epochs=8)
+    c = make_config("lucir", num_classes=40, base_classes=20, phases=5, train_per_class=100, base_epochs=20, epochs=8,
+                    lr_milestones=(4, 6))
     cost = scheduler.run_cost(c)
     assert len(cost) == 6 and cost[0] > cost[1] > 0
     joint = scheduler.run_cost(make_config("joint", num_classes=40, base_classes=20, phases=5, train_per_class=100))
