@@ -244,3 +244,25 @@ def test_a_cifar_pickle_that_would_run_code_or_is_garbage_is_refused_and_runs_no
                                 tmp_path / "reference")
     ours = res.load_metrics(out)
     assert ours["complete"] and comparable(ours)["phases"] == comparable(reference)["phases"]
+
+
+# --------------------------------------------------------------------------- item 2: an unreachable Ray address
+def test_a_ray_address_with_nothing_listening_fails_in_one_line_within_the_stated_time(tmp_path):
+    pytest.importorskip("ray")
+    from lucir.ray_executor import RAY_CONNECT_TIMEOUT_S
+    from smoke_study import run_study
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    started = time.time()
+    proc = run_study("--profile", "smoke", "--executor", "ray", "--address", address, "--results",
+                     str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--cache-dir",
+                     str(tmp_path / "cache"), timeout=RAY_CONNECT_TIMEOUT_S + 120)
+    assert time.time() - started < RAY_CONNECT_TIMEOUT_S + 60  # ray.init alone would wait for ever
+    assert proc.returncode != 0
+    # the study's header line, then the error in one line
+    errors = [x for x in proc.stderr.strip().splitlines() if not x.startswith("study 'smoke': ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert address in errors[0] and "no Ray cluster answers" in errors[0]
+    assert not list((tmp_path / "results").rglob("metrics.json"))
