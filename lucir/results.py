@@ -148,7 +148,7 @@ def prepare_out_dir(out_dir: Path, config: Config) -> None:
     current = config.to_dict()
     if path.exists():
         # a field added after the run was written has its default there
-        written = json.loads(path.read_text())
+        written = read_config_json(path)
         stored = {**Config().to_dict(), **upgrade(written)}
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
@@ -158,6 +158,20 @@ def prepare_out_dir(out_dir: Path, config: Config) -> None:
         if is_complete(out_dir) or json.loads(json.dumps(current, default=_jsonable)) == written:
             return
     write_json(path, current)
+
+
+def read_config_json(path: Path) -> dict:
+    """A run's config.json, or a ConfigError naming it when it cannot be read. It is written
+    atomically, so one that is cut short or garbled was damaged afterwards; deleting it is safe,
+    as the same command writes it again from its own config."""
+    try:
+        written = json.loads(Path(path).read_text())
+        if not isinstance(written, dict):
+            raise ValueError("not a JSON object")
+        return written
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"'{path}' cannot be read ({type(e).__name__}: {one_line(str(e), 120)}); delete it and "
+                          f"run the same command again, which writes it anew") from None
 
 
 def load_config(out_dir) -> Config:
@@ -280,7 +294,18 @@ def load_state(path: Path, what: str) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: "
-                              f"{one_line(str(e), 200)}); delete it to train {what} again") from None
+                              f"{first_sentence(e)}); delete it to train {what} again") from None
+
+
+def first_sentence(error, limit: int = 200) -> str:
+    """The first line of an error's message, shortened at a sentence or word end (never mid-word)
+    when longer than `limit`: torch's messages for a damaged file run to many paragraphs."""
+    lines = str(error).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[:end + 1] if end > 0 else text[:text.rfind(" ", 0, limit)] + " ..."
 
 
 def load_run(out_dir) -> dict:

@@ -466,7 +466,8 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
                 else contextlib.nullcontext()
             with lock:
                 if c.cache_base and share(cache.exists()):  # rank 0 decides for every rank
-                    model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
+                    # read as a checkpoint: a damaged cache file is one line naming it
+                    model.load_state_dict(res.load_state(cache, "the base phase (every run sharing it)"))
                 else:
                     if c.cache_base:
                         partial = base_partial_path(cache)

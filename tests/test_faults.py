@@ -266,3 +266,37 @@ def test_a_ray_address_with_nothing_listening_fails_in_one_line_within_the_state
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert address in errors[0] and "no Ray cluster answers" in errors[0]
     assert not list((tmp_path / "results").rglob("metrics.json"))
+
+
+# --------------------------------------------------------------------------- item 4: truncated files
+def test_a_truncated_base_cache_file_is_one_line_naming_it_and_deleting_it_retrains_the_same_base(tmp_path):
+    values = dict(VALUES, cache_base=True, cache_dir=tmp_path / "cache")
+    first = lucir_run(command("lucir", values, tmp_path / "first"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (cache,) = (tmp_path / "cache").rglob("base/*.pt")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    args = command("lucir", values, tmp_path / "second")  # another run sharing that base phase
+    refused = lucir_run(args)
+    assert refused.returncode == 2
+    line = one_line(refused.stderr)
+    assert str(cache) in line and "delete it" in line and "PytorchStreamReader" in line
+    cache.unlink()
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert comparable(res.load_metrics(tmp_path / "second")) == comparable(res.load_metrics(tmp_path / "first"))
+
+
+def test_a_truncated_config_json_is_one_line_naming_it_and_deleting_it_is_safe(tmp_path, reference):
+    out = tmp_path / "run"
+    first = lucir_run(args_for(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    config = out / "config.json"
+    config.write_text(config.read_text()[:40])
+    refused = lucir_run(args_for(out))
+    assert refused.returncode == 2
+    line = one_line(refused.stderr)
+    assert str(config) in line and "JSONDecodeError" in line and "delete it" in line
+    config.unlink()
+    again = lucir_run(args_for(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
