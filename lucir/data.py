@@ -250,9 +250,13 @@ class EncodedImages(_Normalizer):
 
     kind = "encoded"
 
-    def __init__(self, sources: list, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, sources: list, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 origin: tuple[str, list] | None = None):
         super().__init__(mean, std)
         self.sources, self.size = sources, size
+        # for images given as bytes: where they came from (a description, their index there), so
+        # that one that cannot be decoded is named; a file path names itself
+        self.origin = origin
         self.resize = int(round(size * 256 / 224))
         self._loaders: dict = {}  # (workers, pin) -> a DataLoader whose worker processes persist
         self._passes = 0          # passes started; a pass resumed after a newer one began is an error
@@ -266,9 +270,15 @@ class EncodedImages(_Normalizer):
     def _open(self, i: int):
         from PIL import Image
         src = self.sources[i]
-        fh = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
-        with fh:
-            return Image.open(fh).convert("RGB")
+        try:
+            fh = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
+            with fh:
+                return Image.open(fh).convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            where = f"'{src}'" if not isinstance(src, (bytes, bytearray)) else (
+                f"image {self.origin[1][i]} of {self.origin[0]}" if self.origin else f"encoded image {i}")
+            raise DataError(f"{where} cannot be decoded ({type(e).__name__}: {one_line(str(e), 160)}); "
+                            f"replace it from a good copy of the data") from None
 
     def decode(self, i: int, seed: int | None = None) -> torch.Tensor:
         """Image i as uint8 (3, size, size): the test transform when `seed` is None, else the
@@ -335,6 +345,8 @@ class EncodedImages(_Normalizer):
                 x = next(it)
             except StopIteration:
                 return
+            except DataError as e:  # re-raised from a worker with its traceback: keep our line
+                raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
             yield x
 
 
@@ -657,16 +669,17 @@ def load_dataset(config: Config) -> Dataset:
     position = np.full(total, -1, dtype=np.int64)
     position[order] = np.arange(n)
 
-    def select(x, y, per_class):
+    def select(x, y, per_class, split):
         keep = np.flatnonzero(position[y] >= 0)
         keep = keep[_first_per_class(y[keep], per_class)]
         labels = torch.from_numpy(position[y[keep]])
         if isinstance(x, np.ndarray):
             mean, std = (CIFAR_MEAN, CIFAR_STD)
             return ArrayImages(x[keep], mean, std), labels
-        return EncodedImages([x[i] for i in keep], config.image_size), labels
+        return EncodedImages([x[i] for i in keep], config.image_size, origin=(f"the {split} images in {source}",
+                                                                               keep.tolist())), labels
 
-    train, train_labels = select(tr, tr_y, config.train_per_class)
-    test, test_labels = select(te, te_y, config.test_per_class)
+    train, train_labels = select(tr, tr_y, config.train_per_class, "training")
+    test, test_labels = select(te, te_y, config.test_per_class, "test")
     return Dataset(config.dataset, train, train_labels, test, test_labels,
                    [names[c] for c in order], order, source)

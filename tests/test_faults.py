@@ -300,3 +300,39 @@ def test_a_truncated_config_json_is_one_line_naming_it_and_deleting_it_is_safe(t
     again = lucir_run(args_for(out))
     assert again.returncode == 0, again.stderr[-2000:]
     assert_uninterrupted(out, reference)
+
+
+def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_runs_to_the_end(tmp_path):
+    import numpy as np
+    from conftest import TINY_IMAGENET_DIR, need
+    from lucir.data import load_dataset
+    good = need(TINY_IMAGENET_DIR)
+    values = dict(TINY, dataset="tiny_imagenet", image_size=32, num_classes=4, base_classes=2, phases=1,
+                  train_per_class=5, test_per_class=3, epochs=1, lr_milestones=(1,), memory_per_class=2,
+                  batch_size=10, cache_base=False, checkpoint_every=0, workers=1)  # decoded in a worker process
+    bad = tmp_path / "data"
+    bad.mkdir()
+    for f in good.iterdir():
+        (bad / f.name).symlink_to(f)
+    name = "train_50per_class_jpeg.npz"
+    first = load_dataset(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c")).train.origin[1][0]
+    z = dict(np.load(good / name))
+    start, end = z["offsets"][first], z["offsets"][first + 1]
+    z["jpeg_bytes"] = z["jpeg_bytes"].copy()
+    z["jpeg_bytes"][start:end] = 0  # the image's bytes garbled, every other image as it was
+    (bad / name).unlink()
+    with open(bad / name, "wb") as fh:
+        np.savez(fh, **z)
+    out = tmp_path / "run"
+    args = command("lucir", dict(values, data_dir=bad, cache_dir=tmp_path / "cache"), out)
+    refused = lucir_run(args)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = one_line(refused.stderr)
+    assert f"image {first} of the training images" in line and str(bad) in line
+    assert "UnidentifiedImageError" in line
+    (bad / name).unlink()
+    (bad / name).symlink_to(good / name)  # the good file back
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    reference = run_incremental(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c2"), tmp_path / "ref")
+    assert comparable(res.load_metrics(out))["phases"] == comparable(reference)["phases"]
