@@ -412,6 +412,11 @@ def data_root(config: Config) -> Path:
     return default_data_root()
 
 
+# How a data error says to point at the data: both commands take LUCIR_DATA; the config field
+# data_dir is given as --set to `python -m lucir run`, in a profile's `shared` to lucir.study.
+DATA_HINT = ("LUCIR_DATA=/path, or the config field data_dir (--set data_dir=/path with python -m lucir run, "
+             "data_dir under shared: in a study profile)")
+
 # torchvision's CIFAR-100 folder (python pickles), and what downloading it costs.
 CIFAR100_TORCHVISION = "cifar-100-python"
 CIFAR100_DOWNLOAD = "161 MiB from www.cs.toronto.edu, about 178 MiB once unpacked (the archive is then removed)"
@@ -458,7 +463,7 @@ def download_cifar100(root: Path) -> Path:
         except Exception as e:  # noqa: BLE001  (no network, disk full, bad checksum: one line)
             raise DataError(f"CIFAR-100 not found in '{root}' and the download failed ({type(e).__name__}: "
                             f"{one_line(str(e), 200)}); offline, point at the data with "
-                            f"LUCIR_DATA=/path or --set data_dir=/path") from None
+                            f"{DATA_HINT}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
@@ -520,8 +525,7 @@ def array_format_order(labels: np.ndarray) -> np.ndarray:
 
 
 def _missing(what: str, root: Path, expected: str) -> DataError:
-    return DataError(f"{what} not found in '{root}' (expected {expected}); point at it with "
-                     f"LUCIR_DATA=/path or --set data_dir=/path")
+    return DataError(f"{what} not found in '{root}' (expected {expected}); point at it with {DATA_HINT}")
 
 
 @lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs

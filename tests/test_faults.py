@@ -336,3 +336,16 @@ def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_
     assert again.returncode == 0, again.stderr[-2000:]
     reference = run_incremental(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c2"), tmp_path / "ref")
     assert comparable(res.load_metrics(out))["phases"] == comparable(reference)["phases"]
+
+
+# --------------------------------------------------------------------------- item 7: messages that say what is true
+def test_the_data_error_says_how_each_command_takes_data_dir(tmp_path):
+    """The same DataError reaches `python -m lucir run` and the study, which rejects --set: the line
+    names both ways (it said only --set data_dir=..., which lucir.study refuses)."""
+    missing = tmp_path / "none"
+    proc = lucir_run(["run", "--preset", "lucir", "--set", "dataset=tiny_imagenet", "--set", f"data_dir={missing}",
+                      "--set", f"cache_dir={tmp_path}", "--out", str(tmp_path / "o")], timeout=240)
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert str(missing) in line and "--set data_dir=/path with python -m lucir run" in line
+    assert "data_dir under shared: in a study profile" in line
