@@ -349,3 +349,24 @@ def test_the_data_error_says_how_each_command_takes_data_dir(tmp_path):
     line = one_line(proc.stderr)
     assert str(missing) in line and "--set data_dir=/path with python -m lucir run" in line
     assert "data_dir under shared: in a study profile" in line
+
+
+def test_a_failed_notebook_whose_old_table_exists_is_not_reported_as_having_no_table(tmp_path, monkeypatch):
+    """The report's section of a notebook whose run failed in this study, while results/tables/
+    holds a table from an earlier study: the failure, and no claim that there is no table."""
+    import json
+    import pandas as pd
+    from lucir import experiments as ex
+    from lucir import report
+    results = tmp_path / "results"
+    row = {c: 0 for c in ex.TABLE_COLUMNS} | {"experiment": "weight_norms", "setting": "s", "metric": "acc",
+                                             "run_dir": str(results / "runs" / "r")}
+    ex.write_table(pd.DataFrame([row], columns=ex.TABLE_COLUMNS), results, "weight_norms", "s", {"phases": [1]})
+    assert list((results / "tables" / "weight_norms").glob("*.csv"))  # the table exists
+    (results / "study").mkdir(parents=True)
+    (results / "study" / "study.json").write_text(json.dumps({"pairs": [
+        {"notebook": "weight_norms", "setting": "s", "status": "failed", "error": "DataError: x", "executed": ""}]}))
+    shown = []
+    monkeypatch.setattr(report, "box", lambda text, kind="claim": shown.append(text))
+    assert report._status(results, "weight_norms") is None
+    assert any("Failed" in t for t in shown) and not any("no table" in t for t in shown), shown
