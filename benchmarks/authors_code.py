@@ -115,7 +115,7 @@ class Setting:
 
 
 MATCHED = Setting()
-TINY = Setting(num_classes=20, base_classes=10, phases=2, epochs=1)
+TINY = Setting(num_classes=20, base_classes=10, phases=2, epochs=1, milestones=(1,))
 
 
 # --------------------------------------------------------------------------- patches

@@ -57,13 +57,25 @@ def _preset_and_dataset(argv: list[str]) -> tuple[str, str | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(*_preset_and_dataset(argv)).parse_args(argv)
+    import contextlib
+
     from . import distributed
     from .data import DataError
+    from .experiments import run_lock
+    from .results import Locked, WriteError
     from .trainer import TrainingDiverged, run_incremental
     try:
         config = make_config(args.preset, **parse_overrides(args.overrides))
-        metrics = run_incremental(config, args.out)
-    except (ConfigError, DataError, TrainingDiverged) as e:
+        # the study's run lock, not waited for: a second writer of this --out stops at once
+        # (under torchrun rank 0 holds it for every rank)
+        lock = run_lock(args.out, wait=False) if distributed.rank_from_env() == 0 else contextlib.nullcontext()
+        with lock:
+            metrics = run_incremental(config, args.out)
+    except Locked as e:
+        print(f"error: '{args.out}' is being written by another run ({e}); wait for it to end, "
+              f"or use another --out", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, TrainingDiverged, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:

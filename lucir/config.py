@@ -336,10 +336,30 @@ def validate(c: Config) -> None:
         raise ConfigError(f"base_classes must be 0 or more, got {c.base_classes}")
     if c.num_classes is not None:
         phase_sizes(c.num_classes, c.base_classes, c.phases)  # raises on a bad split
+    _check_milestones(c)
     if c.less_forget and not c.cosine_normalization:
         raise ConfigError("less_forget (LC) needs cosine_normalization (CN): Eq. 6 fixes cosine embeddings")
     if c.inter_class_separation and not c.cosine_normalization:
         raise ConfigError("inter_class_separation (IS) needs cosine_normalization (CN): Eq. 8 ranks cosine scores")
+
+
+def _check_milestones(c: Config) -> None:
+    """Each stage's milestones fall within its epochs (1 to epochs; the lr is stepped after epoch
+    m), so that no step is silently never taken: lr_milestones=200 with epochs=10 is refused."""
+    stages = [("lr_milestones", c.lr_milestones, "epochs", c.epochs)]
+    if c.base_lr_milestones is not None or c.base_epochs is not None:  # else the base phase is an incremental one's twin
+        base = "base_lr_milestones" if c.base_lr_milestones is not None else "lr_milestones"
+        stages.append((base, c.base_lr_milestones or c.lr_milestones,
+                       "base_epochs" if c.base_epochs is not None else "epochs", c.base_epochs or c.epochs))
+    if c.class_balanced_finetune:
+        stages.append(("cbf_lr_milestones", c.cbf_lr_milestones, "cbf_epochs", c.cbf_epochs))
+    for name, milestones, epochs_name, epochs in stages:
+        outside = [m for m in milestones if not 1 <= m <= epochs]
+        fix = "base_lr_milestones" if epochs_name == "base_epochs" else name
+        if outside:
+            raise ConfigError(f"{name} = {','.join(map(str, milestones))} has {','.join(map(str, outside))} outside "
+                              f"the {epochs_name} = {epochs} of its stage (the lr is divided after each of epochs "
+                              f"1..{epochs}); set {fix} within them")
 
 
 def phase_sizes(num_classes: int, base_classes: int, phases: int) -> list[int]:

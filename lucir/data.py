@@ -15,6 +15,7 @@ import json
 import lzma
 import math
 import os
+import pickle
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -253,9 +254,13 @@ class EncodedImages(_Normalizer):
 
     kind = "encoded"
 
-    def __init__(self, sources: list, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, sources: list, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 origin: tuple[str, list] | None = None):
         super().__init__(mean, std)
         self.sources, self.size = sources, size
+        # for images given as bytes: where they came from (a description, their index there), so
+        # that one that cannot be decoded is named; a file path names itself
+        self.origin = origin
         self.resize = int(round(size * 256 / 224))
         self._loaders: dict = {}  # (workers, pin) -> a DataLoader whose worker processes persist
         self._passes = 0          # passes started; a pass resumed after a newer one began is an error
@@ -269,9 +274,15 @@ class EncodedImages(_Normalizer):
     def _open(self, i: int):
         from PIL import Image
         src = self.sources[i]
-        fh = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
-        with fh:
-            return Image.open(fh).convert("RGB")
+        try:
+            fh = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
+            with fh:
+                return Image.open(fh).convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            where = f"'{src}'" if not isinstance(src, (bytes, bytearray)) else (
+                f"image {self.origin[1][i]} of {self.origin[0]}" if self.origin else f"encoded image {i}")
+            raise DataError(f"{where} cannot be decoded ({type(e).__name__}: {one_line(str(e), 160)}); "
+                            f"replace it from a good copy of the data") from None
 
     def decode(self, i: int, seed: int | None = None) -> torch.Tensor:
         """Image i as uint8 (3, size, size): the test transform when `seed` is None, else the
@@ -338,6 +349,8 @@ class EncodedImages(_Normalizer):
                 x = next(it)
             except StopIteration:
                 return
+            except DataError as e:  # re-raised from a worker with its traceback: keep our line
+                raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
             yield x
 
 
@@ -402,6 +415,11 @@ def data_root(config: Config) -> Path:
         return Path(os.environ["LUCIR_DATA"]).expanduser()
     return default_data_root()
 
+
+# How a data error says to point at the data: both commands take LUCIR_DATA; the config field
+# data_dir is given as --set to `python -m lucir run`, in a profile's `shared` to lucir.study.
+DATA_HINT = ("LUCIR_DATA=/path, or the config field data_dir (--set data_dir=/path with python -m lucir run, "
+             "data_dir under shared: in a study profile)")
 
 # torchvision's CIFAR-100 folder (python pickles), and what downloading it costs.
 CIFAR100_TORCHVISION = "cifar-100-python"
@@ -480,21 +498,46 @@ def download_cifar100(root: Path) -> Path:
         except Exception as e:  # noqa: BLE001  (no network, disk full, bad checksum: one line)
             raise DataError(f"CIFAR-100 not found in '{root}' and the download failed ({type(e).__name__}: "
                             f"{one_line(str(e), 200)}); offline, point at the data with "
-                            f"LUCIR_DATA=/path or --set data_dir=/path") from None
+                            f"{DATA_HINT}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+# What torchvision's CIFAR-100 pickles hold besides dicts, lists, strings and numbers: numpy
+# arrays (and numpy scalars), rebuilt by these numpy functions, and bytes, which Python 3 writes at
+# protocol 2 as _codecs.encode(text, "latin1") (the same files written again, as tests/conftest.py
+# does). Nothing else is let through.
+CIFAR_PICKLE_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                        for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype"),
+                                                                    ("_codecs", "encode")}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for torchvision's cifar-100-python files that accepts only the types they hold
+    (CIFAR_PICKLE_GLOBALS): a file from elsewhere that names any other callable (os.system, say)
+    is refused before anything of it runs. Python 2 strings are read as latin-1, as torchvision does."""
+
+    def __init__(self, fh, path: Path):
+        super().__init__(fh, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise DataError(f"'{self.path}' is not a CIFAR-100 file of torchvision: it asks to load "
+                            f"'{module}.{name}', which those files never hold, so it was not read (nothing in it "
+                            f"ran); delete '{self.path.parent}' and point at the data again")
+        return super().find_class(module, name)
 
 
 def read_torchvision_cifar100(folder: Path):
     """(train_x, train_y, test_x, test_y, names) from torchvision's cifar-100-python pickles in
     `folder`, in the array format's order (position i holds class i % 100, its (i // 100)-th
     image; see array_format_order), so that both formats give the same runs."""
-    import pickle
-
     def load(name):
-        with open(Path(folder) / CIFAR100_TORCHVISION / name, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
+        path = Path(folder) / CIFAR100_TORCHVISION / name
+        with open(path, "rb") as fh:
+            return CifarUnpickler(fh, path).load()
 
     out = []
     for split in ("train", "test"):
@@ -517,8 +560,7 @@ def array_format_order(labels: np.ndarray) -> np.ndarray:
 
 
 def _missing(what: str, root: Path, expected: str) -> DataError:
-    return DataError(f"{what} not found in '{root}' (expected {expected}); point at it with "
-                     f"LUCIR_DATA=/path or --set data_dir=/path")
+    return DataError(f"{what} not found in '{root}' (expected {expected}); point at it with {DATA_HINT}")
 
 
 @lru_cache(maxsize=2)  # loaded once per process: a notebook runs many configs
@@ -535,9 +577,10 @@ def load_cifar100(root: Path):
         folder = arr or download_cifar100(root)
         try:
             return (*read_torchvision_cifar100(folder), f"torchvision's {CIFAR100_TORCHVISION} at {folder}")
-        except (OSError, EOFError, ValueError, KeyError) as e:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, pickle.UnpicklingError) as e:
             raise DataError(f"CIFAR-100 data in '{folder / CIFAR100_TORCHVISION}' is corrupt or incomplete "
-                            f"({type(e).__name__}: {e}); delete that folder to download it again") from None
+                            f"({type(e).__name__}: {one_line(str(e), 200)}); delete that folder to download it "
+                            f"again") from None
     try:
         shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
         if not shards:
@@ -665,16 +708,17 @@ def load_dataset(config: Config) -> Dataset:
     position = np.full(total, -1, dtype=np.int64)
     position[order] = np.arange(n)
 
-    def select(x, y, per_class):
+    def select(x, y, per_class, split):
         keep = np.flatnonzero(position[y] >= 0)
         keep = keep[_first_per_class(y[keep], per_class)]
         labels = torch.from_numpy(position[y[keep]])
         if isinstance(x, np.ndarray):
             mean, std = (CIFAR_MEAN, CIFAR_STD)
             return ArrayImages(x[keep], mean, std), labels
-        return EncodedImages([x[i] for i in keep], config.image_size), labels
+        return EncodedImages([x[i] for i in keep], config.image_size, origin=(f"the {split} images in {source}",
+                                                                               keep.tolist())), labels
 
-    train, train_labels = select(tr, tr_y, config.train_per_class)
-    test, test_labels = select(te, te_y, config.test_per_class)
+    train, train_labels = select(tr, tr_y, config.train_per_class, "training")
+    test, test_labels = select(te, te_y, config.test_per_class, "test")
     return Dataset(config.dataset, train, train_labels, test, test_labels,
                    [names[c] for c in order], order, source)

@@ -75,11 +75,12 @@ def run_dir(config: Config, results_dir) -> Path:
     return resolve_results_dir(results_dir) / "runs" / run_name(config)
 
 
-def run_lock(folder: Path):
+def run_lock(folder: Path, wait: bool = True):
     """An exclusive lock on a run folder (a file beside it), so that notebooks and the study's
-    workers running side by side never train one run twice: the second waits, then loads."""
-    folder = Path(folder)
-    return res.locked(folder.parent / f".{folder.name}.lock")
+    workers running side by side never train one run twice: the second waits, then loads. With
+    wait=False (`python -m lucir run`) the second raises results.Locked, naming the holder."""
+    folder = Path(folder).resolve()
+    return res.locked(folder.parent / f".{folder.name}.lock", wait=wait)
 
 
 # --------------------------------------------------------------------------- plans (one per notebook)

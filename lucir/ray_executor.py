@@ -13,6 +13,7 @@ with the same threads.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -184,6 +185,29 @@ class RunFiles:
         self.latest.pop(run, None)
 
 
+# How long joining a cluster may wait for its address to answer: ray.init itself retries an
+# unreachable address for ever, printing a timeout line every 35 s.
+RAY_CONNECT_TIMEOUT_S = 60
+
+
+def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """An ExecutorError, within `timeout` seconds, when nothing accepts a connection at the host
+    and port of a Ray address (host:port, ray://host:port; a bare host means Ray's port 6379).
+    "auto" and "local" are left to ray.init."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, "6379"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        reason = "timed out" if isinstance(e, socket.timeout) else (getattr(e, "strerror", None) or str(e))
+        raise ExecutorError(f"no Ray cluster answers at --address {address} ({reason}, waited at most {timeout:.0f} s); "
+                            f"start one there (ray start --head) or give the address of a running one") from None
+
+
 class RayExecutor:
     """Each run a Ray task asking for `cpus_per_run` CPUs and, where the cluster has GPUs and the
     device is not cpu, 1/runs_per_gpu of a GPU. Without `address`, ray.init() starts a small local
@@ -198,6 +222,8 @@ class RayExecutor:
         except ImportError:
             raise ExecutorError('--executor ray needs Ray: pip install -e ".[ray]"') from None
         self.ray = ray
+        if address:
+            check_reachable(address)
         for attempt in range(3):  # a busy machine can miss Ray's fixed 30 s wait for a local raylet
             try:
                 if address:

@@ -369,14 +369,17 @@ def _params_text(entry: dict) -> str:
 def _status(results_dir, experiment: str) -> pd.DataFrame | None:
     """The experiment's table, or None after saying why there is none."""
     study = load_study(results_dir)
-    for p in study_pairs(study, experiment):
-        if p["status"] == "failed":
-            box(f"<b>Failed</b>: {html.escape(experiment)} / {html.escape(p['setting'])}: "
-                f"{html.escape(p.get('error', ''))}<br>executed notebook: {html.escape(p.get('executed', ''))}",
-                "failed")
+    failed = [p for p in study_pairs(study, experiment) if p["status"] == "failed"]
+    for p in failed:
+        box(f"<b>Failed</b>: {html.escape(experiment)} / {html.escape(p['setting'])}: "
+            f"{html.escape(p.get('error', ''))}<br>executed notebook: {html.escape(p.get('executed', ''))}",
+            "failed")
     t = tables(results_dir, experiment)
     if t.empty:
-        box(f"<b>Not run</b> in this study: no table in results/tables/{experiment}/.", "notrun")
+        if failed:  # a table an earlier study left in results/tables/ is not this study's result
+            box("No table from this study: its notebook run failed (above).", "notrun")
+        else:
+            box(f"<b>Not run</b> in this study: no table of it completed (results/tables/{experiment}/).", "notrun")
         return None
     reduced = bool(t.reduced.any())
     box(f"<b>The paper:</b> {html.escape(published.CLAIMS[experiment])}"

@@ -3,8 +3,10 @@ metrics.csv (long format), confusion matrices, weight norms and per-phase checkp
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -36,16 +38,28 @@ def run_identity(config: Config) -> dict:
             if k not in RUNTIME_FIELDS and not (k in NEUTRAL_FIELDS and v == NEUTRAL_FIELDS[k])}
 
 
+class Locked(RuntimeError):
+    """A lock taken without waiting is held by another process."""
+
+
 @contextlib.contextmanager
-def locked(path: Path):
+def locked(path: Path, wait: bool = True):
     """An exclusive lock (fcntl.flock) on the file `path`, created if missing, held inside the
     `with`. Processes that share a results or cache folder take turns; on a system without
-    fcntl it locks nothing."""
+    fcntl it locks nothing. With wait=False a lock held by another process raises Locked, naming
+    the holder (pid and host, read from /proc/locks; the lock file itself is never written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")
+    except OSError as e:
+        raise write_error(path, e) from None
+    with fh:
         if fcntl:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Locked(f"'{path}' is held by {lock_holder(fh)}") from None
         try:
             yield
         finally:
@@ -53,18 +67,49 @@ def locked(path: Path):
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename into place: a file that exists is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+class WriteError(RuntimeError):
+    """A file could not be written (disk full, read-only folder, no permission): one line naming
+    the file and the system's reason. Files written before it are complete (atomic_write), so the
+    same command goes on once the cause is removed."""
+
+
+def write_error(path, e: OSError) -> WriteError:
+    reason = e.strerror or str(e)
+    return WriteError(f"cannot write '{path}': {reason}; free space or make the folder writable "
+                      f"(or choose another folder), then run the same command again")
+
+
+def lock_holder(fh) -> str:
+    """Who holds the flock on the open file `fh`: "pid N on host H" from /proc/locks (Linux), or
+    "another process" where that cannot be read (another host sharing the folder over NFS)."""
+    st = os.fstat(fh.fileno())
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" not in fields and len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                return f"pid {fields[4]} on host {socket.gethostname()}"
+    except OSError:
+        pass
+    return "another process"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename into place: a file that exists is complete. An OSError on
+    the way (the folder, the temporary file, the rename) is a WriteError naming `path`."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -103,7 +148,7 @@ def prepare_out_dir(out_dir: Path, config: Config) -> None:
     current = config.to_dict()
     if path.exists():
         # a field added after the run was written has its default there
-        written = json.loads(path.read_text())
+        written = read_config_json(path)
         stored = {**Config().to_dict(), **upgrade(written)}
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
@@ -115,6 +160,20 @@ def prepare_out_dir(out_dir: Path, config: Config) -> None:
     write_json(path, current)
 
 
+def read_config_json(path: Path) -> dict:
+    """A run's config.json, or a ConfigError naming it when it cannot be read. It is written
+    atomically, so one that is cut short or garbled was damaged afterwards; deleting it is safe,
+    as the same command writes it again from its own config."""
+    try:
+        written = json.loads(Path(path).read_text())
+        if not isinstance(written, dict):
+            raise ValueError("not a JSON object")
+        return written
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"'{path}' cannot be read ({type(e).__name__}: {one_line(str(e), 120)}); delete it and "
+                          f"run the same command again, which writes it anew") from None
+
+
 def load_config(out_dir) -> Config:
     return config_from_dict(json.loads((Path(out_dir) / "config.json").read_text()))
 
@@ -124,11 +183,34 @@ def load_metrics(out_dir) -> dict:
 
 
 def is_complete(out_dir) -> bool:
+    """metrics.json says complete and the final phase's checkpoint it vouches for is there."""
+    return _says_complete(out_dir) and missing_final_checkpoint(out_dir) is None
+
+
+def _says_complete(out_dir) -> bool:
     path = Path(out_dir) / "metrics.json"
     try:
         return bool(json.loads(path.read_text()).get("complete"))
     except (OSError, ValueError):
         return False
+
+
+def missing_final_checkpoint(out_dir) -> Path | None:
+    """The final phase checkpoint of a folder whose metrics.json says complete, when it is missing
+    (deleted, or a run written before the checkpoint came first); None otherwise."""
+    try:
+        phases = json.loads((Path(out_dir) / "metrics.json").read_text())["phases"]
+        path = checkpoint_path(out_dir, int(phases[-1]["phase"]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return None if path.exists() else path
+
+
+def check_final_checkpoint(out_dir) -> None:
+    """A ConfigError when metrics.json says complete but the final weights are missing."""
+    if _says_complete(out_dir) and (path := missing_final_checkpoint(out_dir)) is not None:
+        raise CheckpointError(f"'{Path(out_dir) / 'metrics.json'}' says the run is complete but its final checkpoint "
+                              f"'{path}' is missing; delete metrics.json to train the last phase again")
 
 
 def metrics_long(metrics: dict) -> pd.DataFrame:
@@ -171,7 +253,15 @@ def save_checkpoint(out_dir, phase: int, state: dict) -> None:
 
 
 def save_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
+    atomic_write(path, lambda p: Path(p).write_bytes(state_bytes(state)))
+
+
+def state_bytes(state) -> bytes:
+    """torch.save's file as bytes, so that writing it raises the system's OSError (torch's own
+    writer reports a full disk as "file write failed", without the reason)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 class CheckpointError(ConfigError):
@@ -204,7 +294,18 @@ def load_state(path: Path, what: str) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: "
-                              f"{one_line(str(e), 200)}); delete it to train {what} again") from None
+                              f"{first_sentence(e)}); delete it to train {what} again") from None
+
+
+def first_sentence(error, limit: int = 200) -> str:
+    """The first line of an error's message, shortened at a sentence or word end (never mid-word)
+    when longer than `limit`: torch's messages for a damaged file run to many paragraphs."""
+    lines = str(error).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[:end + 1] if end > 0 else text[:text.rfind(" ", 0, limit)] + " ..."
 
 
 def load_run(out_dir) -> dict:

@@ -42,7 +42,11 @@ from .profiles import (NOTEBOOKS_DIR, SELECT_KEYS, Pair, StudyError, _n, availab
 REPO_ROOT = provenance.REPO_ROOT
 REPORT = "report"
 # The kernels' own log (e.g. ipykernel's warning about TCP transport) would break the progress bar.
-QUIET_KERNEL = {"extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
+# CRITICAL, not ERROR: jupyter_client interrupts every kernel before shutting it down (8.x,
+# KernelManager._async_shutdown_kernel), and a kernel handling a message then logs "ERROR |
+# KeyboardInterrupt caught in kernel." after a notebook that succeeded. A cell's error reaches the
+# study through papermill, not through this log.
+QUIET_KERNEL = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
 
 
 # --------------------------------------------------------------------------- done markers
@@ -394,7 +398,9 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     runner = make_executor(executor, device, jobs, runs_per_gpu, address, cpus_per_run, results_dir,
                            slurm) if tasks else None
     bases = len({t.base for t in tasks if t.base})
-    print(f"{len(tasks)} runs to train ({len(earlier)} complete earlier; {bases} distinct cached base phases)"
+    # complete runs of every notebook run, those complete earlier included (not only of those to run)
+    complete = len(scheduler.collect_runs(pairs, results_dir)[1]) if len(todo) < len(pairs) else len(earlier)
+    print(f"{len(tasks)} runs to train ({complete} complete earlier; {bases} distinct cached base phases)"
           + (f"; {runner.describe()}" if runner else ""), file=sys.stderr)
     bar = scheduler.Progress(tasks, len(todo), f"study {name}", enabled=progress)
     bar.update(postfix=f"0/{len(tasks)} runs")

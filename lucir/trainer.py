@@ -447,6 +447,7 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
                           f"the global batch is split evenly over the ranks, so choose a multiple of {world}")
     out = Path(out_dir)
     res.prepare_out_dir(out, config)
+    res.check_final_checkpoint(out)
     if res.is_complete(out):
         return res.load_metrics(out)
     device = dist_setup(resolve_device(c.device), c.dist_timeout_minutes)  # under torchrun: join the group
@@ -497,7 +498,8 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
                 else contextlib.nullcontext()
             with lock:
                 if c.cache_base and share(cache.exists()):  # rank 0 decides for every rank
-                    model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
+                    # read as a checkpoint: a damaged cache file is one line naming it
+                    model.load_state_dict(res.load_state(cache, "the base phase (every run sharing it)"))
                 else:
                     if c.cache_base:
                         partial = base_partial_path(cache)
@@ -506,7 +508,7 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
                                                on_epoch)
                     train_base(model, data, classes, c, device, gen, checkpoint=ckpt)
                     if c.cache_base and is_main():
-                        res.atomic_write(cache, lambda p: torch.save(model.state_dict(), p))
+                        res.atomic_write(cache, lambda p: Path(p).write_bytes(res.state_bytes(model.state_dict())))
                         ckpt.remove()
         elif ckpt.stage == "cbf":  # killed in the class-balanced finetune: training and herding were done
             merge_head(add_classes(model, len(classes)))  # the shape its saved weights fit
@@ -532,12 +534,14 @@ def run_incremental(config: Config, out_dir, on_epoch=None) -> dict:
             res.save_array(out / f"confusion_phase{t}.npy", confusion["cnn"])
             res.save_array(out / f"confusion_nme_phase{t}.npy", confusion["nme"])
             res.save_npz(out / f"weight_norms_phase{t}.npz", **weight_norms(model))
-            res.write_metrics(out, metrics)
+            # the checkpoint first: metrics.json (and its "complete") vouches for files already written
             res.save_checkpoint(out, t, {"phase": t, "num_classes": classes.stop, "memory": memory, "history": history,
                                          "model": {k: v.cpu() for k, v in model.state_dict().items()}})
+            res.write_metrics(out, metrics)
             epoch_file.unlink(missing_ok=True)  # the phase checkpoint now holds everything it held
-    if start >= len(ranges) and is_main():  # every phase was checkpointed but metrics.json was not marked complete
+    if start >= len(ranges) and is_main():  # every phase was checkpointed, metrics.json not written after the last
         res.write_metrics(out, summarize(history, complete=True, data=data))
+        epoch_file.unlink(missing_ok=True)
     barrier()  # rank 0's files are complete before any rank reads them
     metrics = res.load_metrics(out)
     metrics.setdefault("wall_seconds_this_call", time.time() - run_started)

@@ -40,10 +40,10 @@ def test_every_field_has_a_help_line():
 
 def test_string_values_are_parsed_to_field_types():
     c = make_config("lucir", epochs="3", lr="0.05", cosine_normalization="false", less_forget="no",
-                    inter_class_separation="off", lr_milestones="2,5", memory_total="none", num_classes="20",
+                    inter_class_separation="off", lr_milestones="2,3", memory_total="none", num_classes="20",
                     base_classes="10", phases="2")
     assert c.epochs == 3 and c.lr == 0.05 and c.cosine_normalization is False and c.less_forget is False
-    assert c.lr_milestones == (2, 5) and c.memory_total is None and c.num_classes == 20
+    assert c.lr_milestones == (2, 3) and c.memory_total is None and c.num_classes == 20
     assert make_config("lucir", lr_milestones="").lr_milestones == ()
     assert make_config("lucir", lr=1).lr == 1.0 and isinstance(make_config("lucir", lr=1).lr, float)
     assert make_config("lucir", lr_milestones=[3, 4]).lr_milestones == (3, 4)
@@ -97,8 +97,8 @@ def test_presets_are_switch_sets():
     assert make_config("cn_lc_is_cbf").class_balanced_finetune
     cn = make_config("cn")
     assert cn.cosine_normalization and not cn.less_forget and not cn.inter_class_separation
-    smoke = make_config("smoke", epochs=1)
-    assert smoke.dataset == "synthetic" and smoke.epochs == 1  # overrides win over the preset
+    smoke = make_config("smoke", epochs=10)
+    assert smoke.dataset == "synthetic" and smoke.epochs == 10  # overrides win over the preset
 
 
 def test_resolved_model_per_dataset():
@@ -117,8 +117,8 @@ def test_imagenet_takes_the_papers_imagenet_defaults_unless_given():
         assert c.class_balanced_finetune and c.nme_flip == "none" and c.resolved_model == "resnet18"
         assert c.base_classes == (500 if dataset == "imagenet" else 50)
         # what is given explicitly wins, from an override or from the preset
-        given = make_config("lucir", dataset=dataset, epochs=3, nme_flip="channels", class_balanced_finetune=False)
-        assert (given.epochs, given.nme_flip, given.class_balanced_finetune) == (3, "channels", False)
+        given = make_config("lucir", dataset=dataset, epochs=70, nme_flip="channels", class_balanced_finetune=False)
+        assert (given.epochs, given.nme_flip, given.class_balanced_finetune) == (70, "channels", False)
         assert given.lr_milestones == (30, 60) and given.lambda_base == 10.0
         icarl = make_config("icarl", dataset=dataset)
         assert icarl.epochs == 90 and icarl.weight_decay == 1e-4 and not icarl.class_balanced_finetune  # CBF: LUCIR only
@@ -159,7 +159,7 @@ def test_config_json_round_trip():
 # --------------------------------------------------------------------------- command line, in process
 def _tiny_args(tmp_path, *extra):
     return ["--set", f"cache_dir={tmp_path / 'cache'}", "--set", "progress=false", "--set", "device=cpu",
-            "--set", "epochs=1", "--set", "train_per_class=8", "--set", "test_per_class=4", *extra]
+            "--set", "epochs=1", "--set", "lr_milestones=1", "--set", "train_per_class=8", "--set", "test_per_class=4", *extra]
 
 
 def _run_main(capsys, argv):

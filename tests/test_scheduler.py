@@ -231,7 +231,7 @@ def test_projection_starts_runs_as_execute_does(tmp_path):
     """The dry run's projection: base-phase leaders first, a run reusing a base once that base is
     trained (its base then costs only its loading), each run's time its cost over its rate."""
     from lucir import make_config
-    config = make_config("lucir", epochs=10)  # base phase 10 epochs: loading costs 0.25 / 10 of it
+    config = make_config("lucir", epochs=10, lr_milestones=(5,))  # base phase 10 epochs: loading costs 0.25 / 10 of it
     base = str(tmp_path / "base.pt")
     tasks = [scheduler.RunTask(name, str(tmp_path / name), config, cost=[100.0, 10.0], base=b)
              for name, b in (("a1", base), ("a2", base), ("n", None))]

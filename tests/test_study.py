@@ -50,6 +50,7 @@ def test_smoke_study_succeeds_and_prints_the_report_path(study):
     html = study["reports"] / "report.html"
     assert proc.stdout.strip().splitlines()[-1] == str(html) and html.exists()
     assert "6 notebook runs, 0 complete earlier, 6 to run" in proc.stderr
+    assert "KeyboardInterrupt" not in proc.stderr, "the kernels' shutdown is not reported as an error"
     for name in EXPERIMENTS:
         assert (study["reports"] / "executed" / f"{name}__synthetic.ipynb").exists()
         assert (study["results"] / "study" / "done" / f"{name}__synthetic.json").exists()
@@ -88,6 +89,8 @@ def test_rerun_skips_complete_pairs_and_does_not_retrain(study):
                      "--cache-dir", study["cache_dir"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "6 complete earlier, 0 to run" in proc.stderr
+    complete = len({p.parent for p in runs})
+    assert complete >= 6 and f"0 runs to train ({complete} complete earlier;" in proc.stderr  # not "0 complete"
     assert {p: p.stat().st_mtime_ns for p in runs + executed} == before
     record = json.loads((study["results"] / "study" / "study.json").read_text())
     assert {p["status"] for p in record["pairs"]} == {"complete earlier"}
@@ -410,7 +413,8 @@ def test_study_data_check_says_what_it_downloads_and_downloads_once(tmp_path, mo
 
 def test_progress_cost_counts_every_phase():
     from lucir import make_config
-    c = make_config("lucir", num_classes=40, base_classes=20, phases=5, train_per_class=100, base_epochs=20, epochs=8)
+    c = make_config("lucir", num_classes=40, base_classes=20, phases=5, train_per_class=100, base_epochs=20, epochs=8,
+                    lr_milestones=(4, 6))
     cost = scheduler.run_cost(c)
     assert len(cost) == 6 and cost[0] > cost[1] > 0
     joint = scheduler.run_cost(make_config("joint", num_classes=40, base_classes=20, phases=5, train_per_class=100))

@@ -1,0 +1,372 @@
+"""Faults a run can meet (issue 32), each injected for real: a kill between the phase checkpoint
+and metrics.json, a deleted final checkpoint, a full disk (a small tmpfs), a read-only folder (a
+tmpfs mounted read-only), a second writer of the same --out. Each ends in one line on stderr
+naming the file and a non-zero exit, and once the fault is removed the same command ends with the
+metrics and weights of a run never interrupted.
+
+The mounts need root (as on the CI machine); without it those tests are skipped."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, comparable, file_hashes
+from lucir import results as res
+from lucir import run_incremental
+from test_resume import _config, _env, _weights, command
+from smoke_study import REPO
+
+VALUES = dict(TINY, cache_base=False, checkpoint_every=0)  # three phases, every file in the run folder
+LAST = 2
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of VALUES: (folder, metrics)."""
+    out = tmp_path_factory.mktemp("faults_reference") / "run"
+    return out, run_incremental(_config("lucir", VALUES, out.parent / "cache"), out)
+
+
+def lucir_run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def args_for(out: Path) -> list[str]:
+    return command("lucir", dict(VALUES, cache_dir=out.parent / "cache"), out)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def assert_uninterrupted(out: Path, reference) -> None:
+    ref_out, ref_metrics = reference
+    metrics = res.load_metrics(out)
+    assert metrics["complete"] and comparable(metrics) == comparable(ref_metrics)
+    ref_w, w = _weights(ref_out, LAST), _weights(out, LAST)
+    assert ref_w.keys() == w.keys() and all(torch.equal(ref_w[k], w[k]) for k in w)
+
+
+# --------------------------------------------------------------------------- item 1: "complete" last
+KILLED_AFTER_CHECKPOINT = r"""
+import os, signal, sys
+from lucir import cli
+from lucir import results as res
+save = res.save_checkpoint
+def save_then_die(out_dir, phase, state):
+    save(out_dir, phase, state)
+    if phase == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+res.save_checkpoint = save_then_die
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("phase", [1, LAST])
+def test_a_kill_between_the_phase_checkpoint_and_metrics_resumes_to_the_uninterrupted_run(tmp_path, reference, phase):
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINT, str(phase), *args_for(out)],
+                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert res.checkpoint_path(out, phase).exists() and not res.is_complete(out)
+    assert len(res.load_metrics(out)["phases"]) == phase  # metrics.json of the phase before
+    again = lucir_run(args_for(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+def test_a_complete_run_without_its_final_checkpoint_is_refused_in_one_line(tmp_path, reference):
+    out = tmp_path / "run"
+    first = lucir_run(args_for(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    final = res.checkpoint_path(out, LAST)
+    final.unlink()
+    assert not res.is_complete(out)  # the study counts it as not done either
+    refused = lucir_run(args_for(out))
+    assert refused.returncode == 2 and "average incremental accuracy" not in refused.stdout
+    line = one_line(refused.stderr)
+    assert str(final) in line and "delete metrics.json" in line
+    (out / "metrics.json").unlink()  # what the line says to do
+    again = lucir_run(args_for(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+# --------------------------------------------------------------------------- full disk, read-only folder
+@pytest.fixture
+def mount_point(tmp_path):
+    """A folder to mount a tmpfs on; unmounted at the end. Skips where mounting is not permitted."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    probe = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(point)], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+    subprocess.run(["umount", str(point)], check=True)
+    yield point
+    subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_same_command_goes_on(tmp_path, reference, mount_point):
+    # room for the run's first phase (its checkpoint and small files) but not for the second checkpoint
+    size = res.checkpoint_path(reference[0], 0).stat().st_size * 3 // 2
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True)
+    out = mount_point / "run"
+    args = command("lucir", dict(VALUES, cache_dir=tmp_path / "cache"), out)
+    full = lucir_run(args)
+    assert full.returncode == 1, full.stderr[-2000:]
+    line = one_line(full.stderr)
+    assert "No space left on device" in line and str(res.checkpoint_path(out, 1)) in line
+    assert res.checkpoint_path(out, 0).exists() and not res.is_complete(out)
+    assert not list(out.rglob("*.tmp")), "a failed write leaves no temporary file"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(mount_point)], check=True)  # space freed
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+def test_a_read_only_out_folder_is_one_line_naming_it_and_the_same_command_runs_once_writable(
+        tmp_path, reference, mount_point):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64m", "tmpfs", str(mount_point)], check=True)
+    out = mount_point / "run"
+    args = command("lucir", dict(VALUES, cache_dir=tmp_path / "cache"), out)
+    refused = lucir_run(args)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = one_line(refused.stderr)
+    assert "Read-only file system" in line and str(mount_point) in line
+    subprocess.run(["mount", "-o", "remount,rw", str(mount_point)], check=True)
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+# --------------------------------------------------------------------------- item 5: two writers
+def test_a_second_writer_of_one_out_folder_is_told_who_holds_it_and_writes_nothing(tmp_path, reference):
+    out = tmp_path / "run"
+    args = args_for(out)
+    first = subprocess.Popen([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "config.json").exists():  # the first holds the lock and has begun writing
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGSTOP)  # keeps it holding the lock, its files unchanged
+        before = file_hashes(tmp_path)
+        second = lucir_run(args)
+        assert file_hashes(tmp_path) == before, "the second writer wrote files"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 1
+    line = one_line(second.stderr)
+    assert f"pid {first.pid} on host {socket.gethostname()}" in line and str(out) in line
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert_uninterrupted(out, reference)
+    again = lucir_run(args)  # the holder has ended: the same command loads the run
+    assert again.returncode == 0 and "average incremental accuracy" in again.stdout, again.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- item 6: milestones
+@pytest.mark.parametrize("sets, named", [
+    (["epochs=10", "lr_milestones=200"], "lr_milestones = 200 has 200 outside the epochs = 10"),
+    (["epochs=4", "lr_milestones=2,3", "base_epochs=3", "base_lr_milestones=2,5"], "base_lr_milestones = 2,5 has 5"),
+    (["epochs=4", "lr_milestones=2,3", "base_epochs=2"], "lr_milestones = 2,3 has 3 outside the base_epochs = 2"),
+    (["epochs=2", "lr_milestones=1", "class_balanced_finetune=true", "cbf_epochs=3", "cbf_lr_milestones=0"],
+     "cbf_lr_milestones = 0 has 0 outside the cbf_epochs = 3"),
+])
+def test_milestones_outside_the_epochs_of_their_stage_are_refused_in_one_line(tmp_path, sets, named):
+    args = ["run", "--preset", "lucir", "--set", "dataset=synthetic", "--set", f"cache_dir={tmp_path / 'cache'}",
+            *[x for s in sets for x in ("--set", s)], "--out", str(tmp_path / "run")]
+    refused = lucir_run(args, timeout=240)
+    assert refused.returncode == 2 and named in one_line(refused.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- item 3: a data folder runs nothing
+class _CreatesAFile:
+    """Unpickled by a general unpickler, this opens (creates) the file `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+CIFAR_VALUES = dict(TINY, dataset="cifar100", num_classes=4, base_classes=2, phases=1, train_per_class=5,
+                    test_per_class=3, cache_base=False, checkpoint_every=0)
+
+
+@pytest.mark.parametrize("fault", ["code", "garbage"])
+def test_a_cifar_pickle_that_would_run_code_or_is_garbage_is_refused_and_runs_nothing(tmp_path, torchvision_cifar100,
+                                                                                      fault):
+    import pickle
+    _, good = torchvision_cifar100
+    data = tmp_path / "data"
+    (data / "cifar-100-python").mkdir(parents=True)
+    for name in ("test", "meta"):
+        (data / "cifar-100-python" / name).symlink_to(good / "cifar-100-python" / name)
+    train = data / "cifar-100-python" / "train"
+    marker = tmp_path / "created_by_the_pickle"
+    if fault == "code":
+        payload = pickle.dumps({"data": _CreatesAFile(marker), "fine_labels": []}, protocol=2)
+        probe = tmp_path / "probe"
+        pickle.loads(pickle.dumps(_CreatesAFile(probe), protocol=2))  # noqa: S301  the fault is real: a general
+        assert probe.exists()  # unpickler creates the file
+    else:
+        payload = bytes(range(256)) * 40
+    train.write_bytes(payload)
+    out = tmp_path / "run"
+    args = command("lucir", dict(CIFAR_VALUES, cache_dir=tmp_path / "cache", data_dir=data), out)
+    refused = lucir_run(args)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = one_line(refused.stderr)
+    assert str(train if fault == "code" else train.parent) in line
+    assert not marker.exists(), "the pickle ran"
+    assert not res.checkpoint_path(out, 0).exists()
+    # the fault removed: the genuine file in its place, and the same command runs to the end
+    train.unlink()
+    train.symlink_to(good / "cifar-100-python" / "train")
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    reference = run_incremental(_config("lucir", dict(CIFAR_VALUES, data_dir=str(good)), tmp_path / "c2"),
+                                tmp_path / "reference")
+    ours = res.load_metrics(out)
+    assert ours["complete"] and comparable(ours)["phases"] == comparable(reference)["phases"]
+
+
+# --------------------------------------------------------------------------- item 2: an unreachable Ray address
+def test_a_ray_address_with_nothing_listening_fails_in_one_line_within_the_stated_time(tmp_path):
+    pytest.importorskip("ray")
+    from lucir.ray_executor import RAY_CONNECT_TIMEOUT_S
+    from smoke_study import run_study
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    started = time.time()
+    proc = run_study("--profile", "smoke", "--executor", "ray", "--address", address, "--results",
+                     str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--cache-dir",
+                     str(tmp_path / "cache"), timeout=RAY_CONNECT_TIMEOUT_S + 120)
+    assert time.time() - started < RAY_CONNECT_TIMEOUT_S + 60  # ray.init alone would wait for ever
+    assert proc.returncode != 0
+    # the study's header line, then the error in one line
+    errors = [x for x in proc.stderr.strip().splitlines() if not x.startswith("study 'smoke': ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert address in errors[0] and "no Ray cluster answers" in errors[0]
+    assert not list((tmp_path / "results").rglob("metrics.json"))
+
+
+# --------------------------------------------------------------------------- item 4: truncated files
+def test_a_truncated_base_cache_file_is_one_line_naming_it_and_deleting_it_retrains_the_same_base(tmp_path):
+    values = dict(VALUES, cache_base=True, cache_dir=tmp_path / "cache")
+    first = lucir_run(command("lucir", values, tmp_path / "first"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (cache,) = (tmp_path / "cache").rglob("base/*.pt")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    args = command("lucir", values, tmp_path / "second")  # another run sharing that base phase
+    refused = lucir_run(args)
+    assert refused.returncode == 2
+    line = one_line(refused.stderr)
+    assert str(cache) in line and "delete it" in line and "PytorchStreamReader" in line
+    cache.unlink()
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert comparable(res.load_metrics(tmp_path / "second")) == comparable(res.load_metrics(tmp_path / "first"))
+
+
+def test_a_truncated_config_json_is_one_line_naming_it_and_deleting_it_is_safe(tmp_path, reference):
+    out = tmp_path / "run"
+    first = lucir_run(args_for(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    config = out / "config.json"
+    config.write_text(config.read_text()[:40])
+    refused = lucir_run(args_for(out))
+    assert refused.returncode == 2
+    line = one_line(refused.stderr)
+    assert str(config) in line and "JSONDecodeError" in line and "delete it" in line
+    config.unlink()
+    again = lucir_run(args_for(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_uninterrupted(out, reference)
+
+
+def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_runs_to_the_end(tmp_path):
+    import numpy as np
+    from conftest import TINY_IMAGENET_DIR, need
+    from lucir.data import load_dataset
+    good = need(TINY_IMAGENET_DIR)
+    values = dict(TINY, dataset="tiny_imagenet", image_size=32, num_classes=4, base_classes=2, phases=1,
+                  train_per_class=5, test_per_class=3, epochs=1, lr_milestones=(1,), memory_per_class=2,
+                  batch_size=10, cache_base=False, checkpoint_every=0, workers=1)  # decoded in a worker process
+    bad = tmp_path / "data"
+    bad.mkdir()
+    for f in good.iterdir():
+        (bad / f.name).symlink_to(f)
+    name = "train_50per_class_jpeg.npz"
+    first = load_dataset(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c")).train.origin[1][0]
+    z = dict(np.load(good / name))
+    start, end = z["offsets"][first], z["offsets"][first + 1]
+    z["jpeg_bytes"] = z["jpeg_bytes"].copy()
+    z["jpeg_bytes"][start:end] = 0  # the image's bytes garbled, every other image as it was
+    (bad / name).unlink()
+    with open(bad / name, "wb") as fh:
+        np.savez(fh, **z)
+    out = tmp_path / "run"
+    args = command("lucir", dict(values, data_dir=bad, cache_dir=tmp_path / "cache"), out)
+    refused = lucir_run(args)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = one_line(refused.stderr)
+    assert f"image {first} of the training images" in line and str(bad) in line
+    assert "UnidentifiedImageError" in line
+    (bad / name).unlink()
+    (bad / name).symlink_to(good / name)  # the good file back
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    reference = run_incremental(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c2"), tmp_path / "ref")
+    assert comparable(res.load_metrics(out))["phases"] == comparable(reference)["phases"]
+
+
+# --------------------------------------------------------------------------- item 7: messages that say what is true
+def test_the_data_error_says_how_each_command_takes_data_dir(tmp_path):
+    """The same DataError reaches `python -m lucir run` and the study, which rejects --set: the line
+    names both ways (it said only --set data_dir=..., which lucir.study refuses)."""
+    missing = tmp_path / "none"
+    proc = lucir_run(["run", "--preset", "lucir", "--set", "dataset=tiny_imagenet", "--set", f"data_dir={missing}",
+                      "--set", f"cache_dir={tmp_path}", "--out", str(tmp_path / "o")], timeout=240)
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert str(missing) in line and "--set data_dir=/path with python -m lucir run" in line
+    assert "data_dir under shared: in a study profile" in line
+
+
+def test_a_failed_notebook_whose_old_table_exists_is_not_reported_as_having_no_table(tmp_path, monkeypatch):
+    """The report's section of a notebook whose run failed in this study, while results/tables/
+    holds a table from an earlier study: the failure, and no claim that there is no table."""
+    import json
+    import pandas as pd
+    from lucir import experiments as ex
+    from lucir import report
+    results = tmp_path / "results"
+    row = {c: 0 for c in ex.TABLE_COLUMNS} | {"experiment": "weight_norms", "setting": "s", "metric": "acc",
+                                             "run_dir": str(results / "runs" / "r")}
+    ex.write_table(pd.DataFrame([row], columns=ex.TABLE_COLUMNS), results, "weight_norms", "s", {"phases": [1]})
+    assert list((results / "tables" / "weight_norms").glob("*.csv"))  # the table exists
+    (results / "study").mkdir(parents=True)
+    (results / "study" / "study.json").write_text(json.dumps({"pairs": [
+        {"notebook": "weight_norms", "setting": "s", "status": "failed", "error": "DataError: x", "executed": ""}]}))
+    shown = []
+    monkeypatch.setattr(report, "box", lambda text, kind="claim": shown.append(text))
+    assert report._status(results, "weight_norms") is None
+    assert any("Failed" in t for t in shown) and not any("no table" in t for t in shown), shown
