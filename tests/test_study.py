@@ -169,7 +169,7 @@ def test_unknown_parameter_is_an_error_that_names_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--profile", "nosuch"], "unknown profile 'nosuch'; choose one of: full_cpu, paper, paper_cifar, paper_cifar_10phases, paper_cifar_fig9, quick, smoke"),
+    (["--profile", "nosuch"], "unknown profile 'nosuch'; choose one of: full_cpu, paper, paper_cifar, paper_cifar_10phases, paper_cifar_fig9, paper_cifar_gpu, quick, smoke"),
     (["--profile", "smoke", "--only", "main_curve"], "--only: unknown notebook 'main_curve'"),
     (["--profile", "smoke", "--device", "cuda:0"], None),
 ])
