@@ -123,7 +123,8 @@ def compare(reference, other, reference_name: str | None = None, other_name: str
     spread, source = measured_spread()
     cells = ref_head.merge(oth_head, on=CELL, suffixes=(" ref", " other"), how="outer", indicator=True)
     missing = [f"headline {r.setting}, {r.phases} phase{'s' if r.phases != 1 else ''}, {r.curve}: only in the "
-               f"{'reference' if r._merge == 'left_only' else 'other'}" for _, r in cells[cells._merge != "both"].iterrows()]
+               f"{'reference' if r._merge == 'left_only' else 'other'}"
+               for _, r in cells[cells._merge != "both"].iterrows()]
     rows = []
     for _, r in cells[cells._merge == "both"].iterrows():
         stds, whence = [], []
@@ -203,7 +204,7 @@ def verdict_markdown(c: Comparison) -> str:
 def verdict_html(c: Comparison) -> str:
     """The verdict as a block for the top of report.html."""
     import mistune
-    body = mistune.create_markdown(plugins=["table"])(verdict_markdown(c))
+    body = mistune.create_markdown(plugins=["table"])(verdict_markdown(c)).replace("<table>", '<table class="report">')
     kind = "claim" if c.reproduced else "failed"
     return (f'<div class="{kind}" id="verdict" style="margin:1em auto;max-width:1180px;padding:8px 12px;'
             f'border-left:4px solid {"#1b7f3a" if c.reproduced else "#b00020"}">'

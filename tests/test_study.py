@@ -450,6 +450,7 @@ def test_study_leaves_the_clone_clean_and_a_second_clone_reproduces_it(study, tm
     reference of a second run in another clone at other paths (its own base-phase cache): the tree
     stays clean, the study ends with the verdict that the two agree, in verdict.md and at the top of
     report.html; and a reference cell altered on purpose is reported as differing, by its size."""
+    import pandas as pd
     from smoke_study import git
     assert study["proc"].returncode == 0, study["proc"].stderr[-3000:]
     assert study["status"] == "", f"the study changed tracked files:\n{study['status']}"
@@ -469,15 +470,15 @@ def test_study_leaves_the_clone_clean_and_a_second_clone_reproduces_it(study, tm
     verdict = (report / "verdict.md").read_text()
     assert verdict.startswith("**Reproduced**: every cell agrees with `reports/smoke`"), verdict
     assert verdict in proc.stdout
-    headline = re.findall(r"^\| synthetic \| (\d+) \| (\S+) \| ([\d.]+) \| ([\d.]+) \| ([-+][\d.]+) \| ([\d.]+) \| yes \|$",
-                          verdict, re.M)
-    assert len(headline) == len(pd_read(reference / "headline.csv").drop_duplicates(["phases", "curve"]))
+    row = r"^\| synthetic \| (\d+) \| (\S+) \| ([\d.]+) \| ([\d.]+) \| ([-+][\d.]+) \| ([\d.]+) \| yes \|$"
+    headline = re.findall(row, verdict, re.M)
+    assert len(headline) == len(pd.read_csv(reference / "headline.csv").drop_duplicates(["phases", "curve"]))
     html = (report / "report.html").read_text()
     assert html.index('id="verdict"') < html.index("LUCIR reproduction report"), "the verdict comes first"
     # one reference cell altered by more than its allowed spread: reported as differing, with its size
     altered = tmp_path / "altered"
     shutil.copytree(second / "reports" / "smoke", altered)
-    h = pd_read(altered / "headline.csv")
+    h = pd.read_csv(altered / "headline.csv")
     phases, curve, ref, other, diff, allowed = headline[0]
     delta = round(float(allowed) + 9, 2)
     h.loc[(h.phases == int(phases)) & (h.curve == curve), "ours"] += delta
@@ -487,10 +488,5 @@ def test_study_leaves_the_clone_clean_and_a_second_clone_reproduces_it(study, tm
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.startswith("**Not reproduced**: 1 of "), proc.stdout
     size = float(other) - (float(ref) + delta)
-    assert f"| synthetic | {phases} | {curve} | {float(ref) + delta:.2f} | {other} | {size:+.2f} | {allowed} | **no** |" \
-        in proc.stdout, proc.stdout
-
-
-def pd_read(path):
-    import pandas as pd
-    return pd.read_csv(path)
+    line = f"| synthetic | {phases} | {curve} | {float(ref) + delta:.2f} | {other} | {size:+.2f} | {allowed} | **no** |"
+    assert line in proc.stdout, proc.stdout
