@@ -90,7 +90,7 @@ class Config:
     eval_batch_size: int = _f(256, "batch size for feature extraction and evaluation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     cache_base: bool = _f(True, "reuse the base-phase model across runs (cache keyed by what it depends on)")
-    cache_dir: Optional[str] = _f(None, "cache folder; None = $LUCIR_CACHE or ~/.cache/lucir")
+    cache_dir: Optional[str] = _f(None, "cache folder; None = $LUCIR_CACHE, else $XDG_CACHE_HOME/lucir (~/.cache/lucir)")
     progress: bool = _f(True, "show a progress bar per phase")
     checkpoint_every: int = _f(1, "write the epoch checkpoint (everything needed to resume inside a phase) every N "
                                "epochs and after a phase's last epoch; 0 = only the checkpoint at each phase's end")
@@ -100,7 +100,8 @@ class Config:
                   "bfloat16 autocast (GPUs with native bfloat16, compute capability 8.0+; the CPU); fp16 = float16 "
                   "autocast with a gradient scaler (CUDA, for GPUs without bfloat16: V100, T4)")
     compile: bool = _f(False, "torch.compile the backbone for training (the growing head stays eager; a graph break "
-                       "or too many recompiles is an error); changes float rounding, so results")
+                       "or too many recompiles is an error); changes float rounding, so results differ from an "
+                       "eager run's")
     compile_mode: str = _f("default", "torch.compile's mode with compile=true: default; reduce-overhead = CUDA graphs "
                            "(one recorded graph per batch size, replayed); max-autotune = also tune the kernels")
     fused_sgd: bool = _f(False, "SGD's update in torch's fused kernel (one launch for all parameters): the same "

@@ -228,7 +228,8 @@ def header(results_dir) -> None:
         chosen = "; ".join(f"{k}={','.join(v)}" for k, v in (study.get("select") or {}).items())
         md(f"**Profile:** `{study['profile']}` ({study['profile_path']}). {study.get('description', '')}"
            f"{f' **Cut down by --select** {chosen}: only those runs.' if chosen else ''}\n\n"
-           f"**Last invocation** started {study['started']}, finished {study.get('finished') or 'not finished'}; "
+           f"**Last invocation** started {study['started']}, finished {study.get('finished') or 'not finished'}"
+           f"{_render_only(study)}; "
            f"**commit** `{(git.get('commit') or 'unknown')[:12]}`"
            f"{' (with uncommitted changes)' if git.get('dirty') else ''}; "
            f"**device** {_device_text(prov.get('device', {}))}.")
@@ -273,6 +274,15 @@ def header(results_dir) -> None:
            + "\n".join(f"- {r}" for r in reductions))
     else:
         md("Every run uses the paper's setting (data, schedule, hyperparameters).")
+
+
+def _render_only(study: dict) -> str:
+    """A note when the last invocation trained and executed nothing (it only rendered the report)."""
+    pairs = study.get("pairs") or []
+    if pairs and all(p.get("status") == "complete earlier" for p in pairs):
+        return (" (it only rendered this report: every notebook run was complete earlier; when each table "
+                "was written: Provenance, below)")
+    return ""
 
 
 def _device_text(device: dict) -> str:
@@ -590,7 +600,8 @@ def runs_section(results_dir) -> None:
     if runs.empty:
         md("No runs.")
         return
-    md(f"Every run behind the tables ({len(runs)} runs, {runs['train seconds'].sum() / 60:.1f} minutes of training "
+    md(f"Every run behind the tables ({len(runs)} run{'s' if len(runs) != 1 else ''}, "
+       f"{runs['train seconds'].sum() / 60:.1f} minutes of training "
        "recorded in their metrics.json; a base phase loaded from the cache counts only its loading time):")
     show_table(runs_display(runs), digits=1)
 
@@ -651,8 +662,9 @@ def provenance_section(results_dir) -> None:
                                  "commit": (meta.get("git", {}).get("commit") or "")[:12],
                                  "notebook seconds": meta.get("notebook_seconds")})
     if sidecars:
-        md("When each table was written, and by which commit:")
-        show_table(pd.DataFrame(sidecars), digits=0)
+        md("When each table was written, and by which commit (*notebook seconds*: the notebook's own time to "
+           "write it; in a study the runs are trained before, so it only loads them):")
+        show_table(pd.DataFrame(sidecars), digits=1)
 
 
 # --------------------------------------------------------------------------- files beside report.html

@@ -9,14 +9,18 @@ A profile (studies/<name>.yaml) holds `shared` config overrides applied to every
 notebook, a list of parameter sets. A pair whose done marker (written only after success) matches
 its parameters is skipped. Of the others, every run their notebooks will ask for is collected,
 once per run folder, and trained by lucir.scheduler (base phases shared by several runs first);
-then each pair is executed into reports/<profile>/executed/<notebook>__<setting>.ipynb, where the
+then each pair is executed into <report>/executed/<notebook>__<setting>.ipynb, where the
 notebook only loads its finished runs. A failing run does not stop the others: the notebooks
 that need it are marked failed (not executed), failures are listed at the end and the exit
 status is 1. The report notebook then reads the tidy results and is converted to one
-self-contained HTML file, reports/<profile>/report.html (code hidden, figures embedded), with the
+self-contained HTML file, <report>/report.html (code hidden, figures embedded), with the
 tables it was built from (CSV) and its main figure (PNG) beside it. Several invocations on one
 results folder (e.g. with different --only) merge their notebooks into study/study.json.
-Results go to results/<profile>/ unless --results says otherwise.
+Results go to results/<profile>/ and the report to results/<profile>/report/ (both ignored by git)
+unless --results / --reports say otherwise; `--reports reports/<profile>` re-renders the committed
+report. Where the profile has a committed report, the study ends with a verdict (lucir.compare):
+this run beside it, cell by cell, printed before the report's path, in verdict.md and at the top
+of report.html.
 Bad input (unknown profile, notebook or parameter) is one line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -340,7 +344,9 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     trains nothing. `slurm`: SlurmOptions fields, over the profile's `slurm:` mapping."""
     name, path, content = load_profile(profile)
     results_dir = Path(results or Path("results") / name).resolve()
-    reports_dir = Path(reports or Path("reports") / name).resolve()
+    # The user's report sits with their results (ignored by git); reports/<profile>/ is the committed
+    # reference, re-rendered only when asked for with --reports.
+    reports_dir = Path(reports).resolve() if reports else results_dir / "report"
     # Kernels run in notebooks/: relative data and cache folders must mean what they mean here.
     for var in ("LUCIR_DATA", "LUCIR_CACHE"):
         if os.environ.get(var):
@@ -461,8 +467,28 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
         print(f"the report failed: {one_line(report_error)}\n    see "
               f"{reports_dir / 'executed' / (REPORT + '.ipynb')}", file=sys.stderr)
         return 1
+    if text := reference_verdict(name, reports_dir):
+        print(text, end="")
     print(html)
     return 1 if failures or failed_runs else 0
+
+
+def reference_verdict(name: str, reports_dir: Path) -> str | None:
+    """This run beside the profile's committed report (reports/<profile>/, lucir.compare): the verdict,
+    written to verdict.md and put at the top of report.html; a line saying why not when this run has
+    no headline to compare; None without a committed report, or when this run re-rendered it."""
+    from . import compare
+    reference = REPO_ROOT / "reports" / name
+    if not (reference / "headline.csv").exists() or reference.resolve() == reports_dir.resolve():
+        return None
+    try:
+        c = compare.compare(reference, reports_dir, repo_relative(reference), repo_relative(reports_dir))
+    except compare.CompareError as e:
+        return f"no comparison with {repo_relative(reference)}: {e}\n"
+    text = compare.verdict_markdown(c)
+    res.atomic_write(reports_dir / "verdict.md", lambda p: Path(p).write_text(text))
+    compare.put_on_top(reports_dir / "report.html", compare.verdict_html(c))
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,9 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 120)")
     p.add_argument("--results", help="runs/, tables/ and study/ go here (default results/<profile>)")
     p.add_argument("--reports", help="report.html, its CSV tables and figures, and the executed notebooks go here "
-                                     "(default reports/<profile>)")
+                                     "(default <results>/report, ignored by git; --reports reports/<profile> "
+                                     "re-renders the committed report)")
     p.add_argument("--device", help="config device for every run: auto, cpu, cuda, cuda:N (default: the config's auto)")
-    p.add_argument("--cache-dir", help="base-phase cache folder (default: $LUCIR_CACHE or ~/.cache/lucir)")
+    p.add_argument("--cache-dir", help="base-phase cache folder (default: $LUCIR_CACHE, else $XDG_CACHE_HOME/lucir, "
+                                        "~/.cache/lucir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -314,7 +314,8 @@ def base_cache_paths(c: Config, first_classes: int) -> tuple[Path, Path | None]:
         key["jpeg_augmentation"] = "per-sample seeds"
     if legacy is not None:
         legacy |= {k: v for k, v in key.items() if k != "data"}
-    root = Path(c.cache_dir or os.environ.get("LUCIR_CACHE") or Path.home() / ".cache" / "lucir")
+    root = Path(c.cache_dir or os.environ.get("LUCIR_CACHE")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lucir")  # as the data's
 
     def path(k: dict) -> Path:
         digest = hashlib.sha256(json.dumps(k, sort_keys=True, default=list).encode()).hexdigest()[:20]

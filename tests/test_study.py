@@ -444,3 +444,53 @@ def test_kernels_import_the_runners_package_not_another_copy(monkeypatch, tmp_pa
                            env=dict(os.environ), capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where) == REPO / "lucir" / "__init__.py"
     assert os.environ["PYTHONPATH"].split(os.pathsep)[1:] == [str(other.parent)]
+
+
+# --------------------------------------------------------------------------- the run beside the reference
+def test_study_leaves_the_clone_clean_and_a_second_clone_reproduces_it(study, tmp_path):
+    """The README's main command, as a newcomer runs it: the smoke study ran in a fresh clone with
+    the default folders and left every tracked file as it was. Its report, committed as the
+    profile's reference (reports/smoke/, what `--reports reports/smoke` renders), is then the
+    reference of a second run in another clone at other paths (its own base-phase cache): the tree
+    stays clean, the study ends with the verdict that the two agree, in verdict.md and at the top of
+    report.html; and a reference cell altered on purpose is reported as differing, by its size."""
+    import pandas as pd
+    from smoke_study import git
+    assert study["proc"].returncode == 0, study["proc"].stderr[-3000:]
+    assert study["status"] == "", f"the study changed tracked files:\n{study['status']}"
+    assert study["reports"] == study["clone"] / "results" / "smoke" / "report"
+    first = study["clone"]
+    reference = first / "reports" / "smoke"
+    shutil.copytree(study["reports"], reference, ignore=shutil.ignore_patterns("executed", "verdict.md"))
+    git("add", "-A", cwd=first)
+    git("commit", "-q", "-m", "the smoke study's report as its reference", cwd=first)
+    second = tmp_path / "elsewhere" / "clone"
+    subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True, capture_output=True)
+    proc = run_study("--profile", "smoke", "--cache-dir", str(tmp_path / "cache"), cwd=second)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert git("status", "--porcelain", cwd=second) == ""
+    report = second / "results" / "smoke" / "report"
+    assert proc.stdout.strip().splitlines()[-1] == str(report / "report.html")
+    verdict = (report / "verdict.md").read_text()
+    assert verdict.startswith("**Reproduced**: every cell agrees with `reports/smoke`"), verdict
+    assert verdict in proc.stdout
+    row = r"^\| synthetic \| (\d+) \| (\S+) \| ([\d.]+) \| ([\d.]+) \| ([-+][\d.]+) \| ([\d.]+) \| yes \|$"
+    headline = re.findall(row, verdict, re.M)
+    assert len(headline) == len(pd.read_csv(reference / "headline.csv").drop_duplicates(["phases", "curve"]))
+    html = (report / "report.html").read_text()
+    assert html.index('id="verdict"') < html.index("LUCIR reproduction report"), "the verdict comes first"
+    # one reference cell altered by more than its allowed spread: reported as differing, with its size
+    altered = tmp_path / "altered"
+    shutil.copytree(second / "reports" / "smoke", altered)
+    h = pd.read_csv(altered / "headline.csv")
+    phases, curve, ref, other, diff, allowed = headline[0]
+    delta = round(float(allowed) + 9, 2)
+    h.loc[(h.phases == int(phases)) & (h.curve == curve), "ours"] += delta
+    h.to_csv(altered / "headline.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "lucir.compare", str(altered), str(report)], cwd=second,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith("**Not reproduced**: 1 of "), proc.stdout
+    size = float(other) - (float(ref) + delta)
+    line = f"| synthetic | {phases} | {curve} | {float(ref) + delta:.2f} | {other} | {size:+.2f} | {allowed} | **no** |"
+    assert line in proc.stdout, proc.stdout

@@ -459,3 +459,19 @@ def test_b0_run_without_base_phase(tmp_path):
                                                 phases=2, epochs=1), tmp_path / "b0")
     assert [p["classes_seen"] for p in metrics["phases"]] == [2, 4]
     assert [p["lambda"] for p in metrics["phases"]] == pytest.approx([0.0, 5.0])
+
+
+def test_base_cache_follows_xdg_cache_home_as_the_data_does(monkeypatch, tmp_path):
+    """Without cache_dir and $LUCIR_CACHE the base phase is cached under $XDG_CACHE_HOME/lucir, beside
+    the default data folder ($XDG_CACHE_HOME/lucir/data), else under ~/.cache/lucir."""
+    from lucir.data import default_data_root
+    from lucir.trainer import base_cache_path
+    config = lucir.make_config("smoke")
+    monkeypatch.delenv("LUCIR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert base_cache_path(config, 4).parent.parent == tmp_path / "xdg" / "lucir" == default_data_root().parent
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert base_cache_path(config, 4).is_relative_to(tmp_path / "home" / ".cache" / "lucir")
+    monkeypatch.setenv("LUCIR_CACHE", str(tmp_path / "mine"))
+    assert base_cache_path(config, 4).is_relative_to(tmp_path / "mine")
