@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import distributed
     from .data import DataError
-    from .experiments import run_lock
+    from .results import run_lock
     from .results import Locked, WriteError
     from .trainer import TrainingDiverged, run_incremental
     try:

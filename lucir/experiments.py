@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import provenance, published
 from . import results as res
+from .results import run_lock  # noqa: F401  (the study's and notebooks' name for it)
 from .bars import bar_options
 from .config import Config, ConfigError, make_config
 from .trainer import run_incremental
@@ -73,14 +74,6 @@ def resolve_results_dir(results_dir) -> Path:
 
 def run_dir(config: Config, results_dir) -> Path:
     return resolve_results_dir(results_dir) / "runs" / run_name(config)
-
-
-def run_lock(folder: Path, wait: bool = True):
-    """An exclusive lock on a run folder (a file beside it), so that notebooks and the study's
-    workers running side by side never train one run twice: the second waits, then loads. With
-    wait=False (`python -m lucir run`) the second raises results.Locked, naming the holder."""
-    folder = Path(folder).resolve()
-    return res.locked(folder.parent / f".{folder.name}.lock", wait=wait)
 
 
 # --------------------------------------------------------------------------- plans (one per notebook)

@@ -314,3 +314,11 @@ def load_run(out_dir) -> dict:
     metrics = load_metrics(out_dir)
     return {"config": json.loads((out_dir / "config.json").read_text()), "metrics": metrics,
             "table": pd.read_csv(out_dir / "metrics.csv")}
+
+
+def run_lock(folder: Path, wait: bool = True):
+    """An exclusive lock on a run folder (a file beside it), so that notebooks and the study's
+    workers running side by side never train one run twice: the second waits, then loads. With
+    wait=False (`python -m lucir run`) the second raises results.Locked, naming the holder."""
+    folder = Path(folder).resolve()
+    return locked(folder.parent / f".{folder.name}.lock", wait=wait)
