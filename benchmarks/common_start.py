@@ -112,9 +112,14 @@ def _load_start(c, ckpt: Path):
     return model.to(memory_format=torch.channels_last), state["memory"], data, ranges
 
 
-def _finish(model, memory, data, ranges, phase, c, tic, extra) -> dict:
-    """Herding of the new classes and evaluation, the same for both sides."""
+def _finish(model, memory, data, ranges, phase, c, tic, extra, start_weight) -> dict:
+    """Herding of the new classes and evaluation, the same for both sides; with two facts of the
+    trained head: the old-class weights are still those of the start (Sec. 3.3), and its eta."""
+    import torch
     from lucir.trainer import evaluate, update_memory
+    n_old = ranges[phase].start
+    extra = {**extra, "old_weights_fixed": bool(torch.equal(model.head.weight[:n_old].detach(), start_weight)),
+             "eta": float(model.head.eta.detach()), "start_eta": extra.get("start_eta")}
     memory = update_memory(model, data, ranges[phase], memory, c, "cpu")
     row, _ = evaluate(model, data, memory, ranges[: phase + 1], c, "cpu")
     row = {k: v for k, v in row.items() if not k.startswith("group_")}
@@ -126,10 +131,11 @@ def ours_phase(c, ckpt: Path, phase: int, seed: int) -> dict:
     from lucir.trainer import phase_seed, train_incremental
     tic = ac._clock()
     model, memory, data, ranges = _load_start(c, ckpt)
+    w0, eta0 = model.head.weight.detach().clone(), float(model.head.eta.detach())
     torch.manual_seed(phase_seed(seed, phase))
     gen = torch.Generator().manual_seed(phase_seed(seed, phase))
     lam = train_incremental(model, data, ranges[phase], memory, c, "cpu", gen, phase)
-    return _finish(model, memory, data, ranges, phase, c, tic, {"lambda": lam})
+    return _finish(model, memory, data, ranges, phase, c, tic, {"lambda": lam, "start_eta": eta0}, w0)
 
 
 def authors_phase(c, ckpt: Path, phase: int, seed: int, code: Path, cifar: Path) -> dict:
@@ -146,7 +152,7 @@ def authors_phase(c, ckpt: Path, phase: int, seed: int, code: Path, cifar: Path)
     from utils_incremental.incremental_train_and_eval_MR_LF import incremental_train_and_eval_MR_LF
     torch.manual_seed(seed)
     n_old, n_new = ranges[phase].start, len(ranges[phase])
-    w = model.head.weight.detach().clone()
+    w, eta0 = model.head.weight.detach().clone(), float(model.head.eta.detach())
     # Their network as their script leaves it after the previous phase (fc1: classes before it, fc2: its new ones).
     theirs = modified_resnet_cifar.resnet32(num_classes=c.base_classes)
     ours_bb = model.backbone.state_dict()
@@ -201,7 +207,7 @@ def authors_phase(c, ckpt: Path, phase: int, seed: int, code: Path, cifar: Path)
     with torch.no_grad():
         model.head.weight.copy_(torch.cat([theirs.fc.fc1.weight, theirs.fc.fc2.weight]))
         model.head.eta.fill_(float(theirs.fc.sigma.detach()))
-    return _finish(model, memory, data, ranges, phase, c, tic, {"lambda": lam})
+    return _finish(model, memory, data, ranges, phase, c, tic, {"lambda": lam, "start_eta": eta0}, w)
 
 
 # --------------------------------------------------------------------------- report

@@ -28,6 +28,7 @@ def test_our_phase_from_the_common_start_is_the_uninterrupted_runs_phase_and_a_r
     assert [f.name for f in files] == ["phase_2_ours_s0.json"]
     rows = [json.loads(f.read_text()) for f in files]
     assert all(r["classes_seen"] == 20 and r["lambda"] == pytest.approx(5 * math.sqrt(15 / 5)) for r in rows)
+    assert all(r["old_weights_fixed"] is True and r["eta"] != r["start_eta"] for r in rows)
     assert not (work / "start" / "checkpoints" / "phase_2.pt").exists()  # the start stopped after phase 1
     # Seed 0 from the saved start is phase 2 of one uninterrupted run with run seed 0, to the last digit.
     full = run_incremental(cs.config(cs.ac.TINY, work, 0, **cs.TINY_EXTRA), tmp_path / "full")["phases"][2]
@@ -62,5 +63,7 @@ def test_the_authors_phase_from_the_common_start(tmp_path):
     theirs = json.loads((work / "phase_2_authors_s0.json").read_text())
     ours = json.loads((work / "phase_2_ours_s0.json").read_text())
     assert theirs["classes_seen"] == ours["classes_seen"] == 20 and theirs["lambda"] == pytest.approx(ours["lambda"])
-    assert 0 <= theirs["acc_cnn"] <= 1 and theirs["acc_cnn"] != ours["acc_cnn"]  # trained by another program
+    for r in (theirs, ours):  # both trained the phase from the common start, old-class weights fixed
+        assert 0 <= r["acc_cnn"] <= 1 and r["old_weights_fixed"] is True and r["eta"] != r["start_eta"]
+    assert theirs["start_eta"] == ours["start_eta"] and theirs["eta"] != ours["eta"]  # one start, two programs
     assert "ours - authors'" in (work / "report" / "common_start.md").read_text()
