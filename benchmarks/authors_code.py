@@ -800,6 +800,18 @@ def authors_optimizer(model, incremental: bool, milestones):
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
 
 
+def authors_transforms():
+    """The train and test transforms of the authors' script (as it defines them), and torchvision's
+    integrity check relaxed as patch 01 does, for loaders built outside the script."""
+    import torchvision
+    from torchvision import transforms
+    torchvision.datasets.cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # as patch 01
+    norm = transforms.Normalize((0.5071, 0.4866, 0.4409), (0.2009, 0.1984, 0.2023))
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), norm])
+    return train_tf, transforms.Compose([transforms.ToTensor(), norm])
+
+
 def _time_authors(code: Path, data: Path, batches: int) -> dict:
     """Images/s of the authors' own training function (incremental_train_and_eval_MR_LF, patched) in
     its base and incremental branches, and of its compute_features, on CIFAR-100 through torchvision
@@ -813,11 +825,7 @@ def _time_authors(code: Path, data: Path, batches: int) -> dict:
     import modified_resnet_cifar
     from utils_incremental.compute_features import compute_features
     from utils_incremental.incremental_train_and_eval_MR_LF import incremental_train_and_eval_MR_LF
-    torchvision.datasets.cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # as patch 01
-    norm = transforms.Normalize((0.5071, 0.4866, 0.4409), (0.2009, 0.1984, 0.2023))  # the script's transforms
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), norm])
-    test_tf = transforms.Compose([transforms.ToTensor(), norm])
+    train_tf, test_tf = authors_transforms()
     bs, n = 128, batches * 128
 
     def loader(n_classes, count, tf, shuffle, batch):
