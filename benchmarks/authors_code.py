@@ -819,7 +819,6 @@ def _time_authors(code: Path, data: Path, batches: int) -> dict:
     import copy
     import torch
     import torchvision
-    from torchvision import transforms
     sys.path.insert(0, str(code / SCRIPT.parent))
     import modified_linear
     import modified_resnet_cifar

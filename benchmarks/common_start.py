@@ -38,7 +38,6 @@ import csv
 import importlib.util
 import json
 import math
-import os
 import statistics
 import sys
 import time
