@@ -31,8 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # the 48 images of two classes make 7 batches, 4 for rank 0 and 3 for rank 1 (rows of unequal
 # length to gather), and the 4 exemplars of phase 0 one batch, none for rank 1.
 SETTINGS = dict(dataset="synthetic", num_classes=6, base_classes=2, phases=2, train_per_class=24, test_per_class=4,
-                base_epochs=1, epochs=12, lr_milestones="8", batch_size=16, memory_per_class=2, eval_batch_size=7,
-                device="cpu", progress="false", cache_base="false")
+                base_epochs=1, base_lr_milestones="1", epochs=12, lr_milestones="8", batch_size=16, memory_per_class=2,
+                eval_batch_size=7, device="cpu", progress="false", cache_base="false")
+# base_lr_milestones 1: a step after the base phase's one epoch, which changes nothing it trains (a milestone
+# must lie within its stage's epochs)
 
 
 def _env():
@@ -85,6 +87,30 @@ def test_every_rank_holds_rank0_memory_metrics_and_model(ddp_run):
     assert sum(len(v) for v in memory.values()) == 6 * SETTINGS["memory_per_class"]
 
 
+def _kill_ranks_of(out: Path) -> None:
+    """A rank may outlive the agent killed with its group for a moment, holding the run's lock (the
+    next call would be refused, rightly, while it runs): kill and wait for whatever still runs on
+    `out`, so that the test resumes a run nobody is writing."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and str(out).encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"processes on {out} outlived SIGKILL for 60 s")
+
+
 def test_killed_ddp_run_resumes_to_the_uninterrupted_phases(ddp_run, tmp_path):
     ref_out, _, _ = ddp_run
     out = tmp_path / "run"
@@ -99,6 +125,7 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_phases(ddp_run, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its two ranks: this test's own process group
         proc.wait()
+        _kill_ranks_of(out)
     assert not (out / "checkpoints" / "phase_2.pt").exists()
     assert not res.is_complete(out)  # the phase checkpoint is written before metrics.json
 
