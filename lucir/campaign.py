@@ -110,12 +110,6 @@ def describe(task: scheduler.RunTask) -> str:
     return f"under way: {phases} of {task.config.phases + 1} phases done" if phases else "not started"
 
 
-def rate_for(kind: str, model: str) -> tuple[float, str]:
-    table = scheduler.rates()
-    entry = table.get(kind, {})
-    return float(entry.get(model, 1.0)), entry.get("source", "unknown")
-
-
 def lease_seconds(deadline_minutes: float) -> float:
     return deadline_minutes * 60.0
 
@@ -130,7 +124,7 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
     costs = dict(zip((t.name for t in scheduler.order_runs(ordered)),
                      scheduler.costs_with_shared_bases(scheduler.order_runs(ordered))))
     model = ordered[0].config.resolved_model if ordered else "resnet32"
-    r, source = (rate, "given with --rate") if rate else rate_for(kind, model)
+    r, source = (rate, "given with --rate") if rate else scheduler.assumed_rate(kind, model)
     per_lease = lease_seconds(deadline_minutes) * r
     lines = [f"campaign {name}: {len(todo)} runs to train ({len(earlier)} complete earlier) on one {kind} at "
              f"{r:,.0f} image-steps/s ({source}); {deadline_minutes:g} min of training a lease = "

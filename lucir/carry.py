@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from . import provenance
+from . import results as res
 
 MIB = 1 << 20
 LIMIT_MIB = 64      # what one command may carry: the work tree and the named ignored paths
@@ -40,10 +41,6 @@ DATA_FOLDERS = ("cifar100",)  # what a CIFAR-100 campaign reads (lucir.data.DATA
 
 class CarryError(RuntimeError):
     """A missing, corrupt or oversized part; the message names it and what to do."""
-
-
-def sha256_file(path: Path) -> str:
-    return provenance.sha256(Path(path))
 
 
 def work_tree_bytes(repo: Path) -> int:
@@ -111,16 +108,9 @@ def _members(data_root: Path | None, cache_dir: Path | None, profiles: list[str]
     elif cache_dir is not None and (cache_dir / "base").is_dir():
         members += [(p, f"cache/base/{p.name}") for p in sorted((cache_dir / "base").glob("*.pt"))]
     for run in sorted((Path(results) / "runs").iterdir()) if results and (Path(results) / "runs").is_dir() else ():
-        if run.is_dir() and not _complete(run):
+        if run.is_dir() and not res.is_complete(run):
             members += [(p, f"results/runs/{run.name}/{p.relative_to(run)}") for p in run_state_files(run)]
     return members
-
-
-def _complete(run: Path) -> bool:
-    try:
-        return bool(json.loads((run / "metrics.json").read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
 
 
 def pack(data_root: Path, out: Path, cache_dir: Path | None = None, part_bytes: int | None = None,
@@ -175,7 +165,7 @@ def write_parts(members: list[tuple[Path, str]], out: Path, part_bytes: int, abo
             chunk = fh.read(part_bytes)
             (out / name).write_bytes(chunk)
             parts.append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-    whole = sha256_file(stream)
+    whole = provenance.sha256(stream)
     stream.unlink()
     manifest = {"format": 1, "parts": parts, "bytes": size, "sha256": whole,
                 "files": [name for _, name in members], "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -200,7 +190,7 @@ def _check_part(path: Path, entry: dict) -> None:
     if not path.is_file():
         raise CarryError(f"{entry['name']}: missing from {path.parent}; carry it (and run receive) before unpack")
     size = path.stat().st_size
-    if size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+    if size != entry["bytes"] or provenance.sha256(path) != entry["sha256"]:
         raise CarryError(f"{path}: corrupt ({size} bytes, sha256 differs from manifest.json); carry "
                          f"{entry['name']} again")
 

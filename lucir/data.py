@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import provenance
 from .config import Config, ConfigError, one_line
 
 CIFAR_MEAN = (0.5071, 0.4866, 0.4409)  # the official code's (docs/protocol.md, settings)
@@ -468,11 +469,7 @@ def _file_digest(path: Path) -> str:
 @lru_cache(maxsize=64)
 def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, computed once per (path, size, modification time) in a process."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return provenance.sha256(Path(path))
 
 
 def download_cifar100(root: Path) -> Path:
