@@ -16,7 +16,8 @@ pytest, psutil and filelock, and nothing of the Jupyter stack. On a CUDA machine
      bf16 (where the GPU has it natively), fp16, compiled (and the compilation's seconds), compiled
      with CUDA graphs (compile_mode=reduce-overhead); and the LUCIR incremental step (old model,
      Eq. 9) in fp32: each speed switch on beside the fp32 step with all off;
-  3. images/s of K = 1, 2, 4 processes training the fp32 base step on the one GPU at once (in all);
+  3. images/s of K = 1, 2, 4 processes training the fp32 base step on the one GPU at once (in all),
+     and (after the paper-shaped run) of K = 4 under NVIDIA's MPS, a daemon of this command's own;
   4. the bare ResNet-18 training step at 224 px (batch 128), fp32 and bf16;
   then the paper-shaped run (benchmarks/paper_timing.py: run_incremental at the paper's CIFAR-100
   shapes for 3 epochs a phase) and its projection to the 160-epoch run, alone and K to a GPU;
@@ -56,7 +57,8 @@ import torch  # noqa: E402
 
 from lucir import ConfigError, make_config  # noqa: E402
 from lucir.data import EncodedImages, load_dataset  # noqa: E402
-from lucir.device import AMP_DTYPES, autocast, check_amp, set_deterministic, unusable_gpu  # noqa: E402
+from lucir.device import (AMP_DTYPES, MPSUnavailable, autocast, check_amp, mps_daemon,  # noqa: E402
+                          set_deterministic, unusable_gpu)
 from lucir.models import add_classes, build_model  # noqa: E402
 from lucir.provenance import git_state  # noqa: E402
 from lucir.scheduler import RATES_FILE, rates, run_cost  # noqa: E402
@@ -180,7 +182,8 @@ def compiled_with(backend: str):
 
 
 # --------------------------------------------------------------------------- 3. K runs on one GPU
-def _shared_worker(k: int, size: dict, device: str, threads: int, barrier, queue) -> None:
+def _shared_worker(k: int, size: dict, device: str, threads: int, barrier, queue, env: dict) -> None:
+    os.environ.update(env)  # MPS's pipe folder, before this process creates its CUDA context
     torch.set_num_threads(threads)
     device = torch.device(device)
     set_deterministic(False, device)
@@ -204,13 +207,14 @@ def _shared_worker(k: int, size: dict, device: str, threads: int, barrier, queue
     queue.put(((size["epochs"] + 1) * len(idx), tic, time.monotonic()))
 
 
-def shared_rate(K: int, size: dict, device) -> float:
+def shared_rate(K: int, size: dict, device, env: dict | None = None) -> float:
     """Images/s of K processes training at once on one device, in all: their images over the time
-    from their common start to the last one's end."""
+    from their common start to the last one's end. `env`: more environment for the processes
+    (lucir.device.mps_daemon's, to run them under MPS)."""
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(K), ctx.Queue()
     threads = size["threads"] or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) // K)
-    procs = [ctx.Process(target=_shared_worker, args=(k, size, str(device), threads, barrier, queue))
+    procs = [ctx.Process(target=_shared_worker, args=(k, size, str(device), threads, barrier, queue, env or {}))
              for k in range(K)]
     for p in procs:
         p.start()
@@ -218,6 +222,19 @@ def shared_rate(K: int, size: dict, device) -> float:
     for p in procs:
         p.join()
     return sum(r[0] for r in results) / (max(r[2] for r in results) - min(r[1] for r in results))
+
+
+def record_mps(record, K: int, size: dict, device) -> None:
+    """The K-process figure again with the processes under NVIDIA's MPS (a daemon of this command's
+    own, quit after), beside the one without: the campaign shares the GPU the faster way."""
+    if device.type != "cuda":
+        record(SHARED_MPS, f"K = {K}", None, "not measured: MPS is for CUDA GPUs")
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="lucir-mps-") as folder, mps_daemon(Path(folder)) as env:
+            record(SHARED_MPS, f"K = {K}", lambda: shared_rate(K, size, device, env))
+    except MPSUnavailable as e:
+        record(SHARED_MPS, f"K = {K}", None, f"not measured: {e}")
 
 
 # --------------------------------------------------------------------------- 4. and 5.
@@ -310,6 +327,8 @@ def update_rates(path: Path, kind: str, figures: list[dict], header: dict, base:
                    "resnet18": figure(get[(STEP18, "fp32")]),
                    "resnet32_processes_sharing_one_device": {str(k): figure(get[(SHARED, f"K = {k}")])
                                                              for k in header["K"]},
+                   "resnet32_processes_sharing_one_device_mps": {k.split(" = ")[1]: figure(v) for (what, k), v
+                                                                 in get.items() if what == SHARED_MPS and v},
                    "source": f"measured on {header['device_name']}, {header['date']} (benchmarks/gpu_check.py"
                              f"{', --tiny' if header['mode'] == 'tiny' else ''}"
                              f"{', commit ' + header['commit'][:12] if header.get('commit') else ''})"}
@@ -319,6 +338,7 @@ def update_rates(path: Path, kind: str, figures: list[dict], header: dict, base:
 
 STEP32 = "ResNet-32 training step (train_epochs, 32 px)"
 SHARED = "K processes training the ResNet-32 fp32 base step at once, in all"
+SHARED_MPS = "K processes training the ResNet-32 fp32 base step at once under MPS, in all"
 STEP18 = "bare ResNet-18 training step, 224 px"
 PAPER = "paper-shaped run (run_incremental, every part), image-steps/s as lucir.scheduler.run_cost counts"
 JPEG = "JPEG path to the device (decode, crop 224, flip, normalise)"
@@ -473,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     record(STEP18, "fp32", lambda: resnet18_rate(size, device))
     record(STEP18, "bf16 autocast", lambda: resnet18_rate(size, device, "bf16"), native("bf16"))
     record(PAPER, f"{size['paper_epochs']} epochs a phase, fp32", paper_run)
+    record_mps(record, max(size["K"]), size, device)  # after the paper run: the budget leaves out the last
     sources = synthetic_jpegs(size["jpeg_images"], size["jpeg_px"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for workers in sorted({0, min(8, cores) if not args.tiny else 1}):

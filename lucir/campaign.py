@@ -15,6 +15,8 @@ study then renders the report without training (docs/gpu.md, "A campaign"):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import carry, provenance, scheduler
+from . import carry, costs, provenance, scheduler
+from .device import MPSUnavailable, mps_daemon
 from . import results as res
 from .profiles import StudyError, build_pairs, load_profile
 
@@ -121,26 +124,31 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
     name, todo, earlier = plan_tasks(profile, results, runtime or {})
     committed = committed_runs()
     ordered = campaign_order(todo, committed)
-    costs = dict(zip((t.name for t in scheduler.order_runs(ordered)),
+    run_costs = dict(zip((t.name for t in scheduler.order_runs(ordered)),
                      scheduler.costs_with_shared_bases(scheduler.order_runs(ordered))))
     model = ordered[0].config.resolved_model if ordered else "resnet32"
-    r, source = (rate, "given with --rate") if rate else scheduler.assumed_rate(kind, model)
+    best = costs.sharing(kind, model)
+    r, source = (rate, "given with --rate") if rate else (best["rate"], best["source"])
     per_lease = lease_seconds(deadline_minutes) * r
     lines = [f"campaign {name}: {len(todo)} runs to train ({len(earlier)} complete earlier) on one {kind} at "
-             f"{r:,.0f} image-steps/s ({source}); {deadline_minutes:g} min of training a lease = "
+             f"{r:,.0f} image-steps/s in all ({source}); {deadline_minutes:g} min of training a lease = "
              f"{per_lease / 1e6:.1f}M image-steps",
              f"  {'#':>3}  {'run':<40} {'method':<8} {'order':>5} {'in reports':>10} {'image-steps':>11} {'ends in lease':>13}"]
-    total = 0.0
+    total, ends = 0.0, {}
     for k, t in enumerate(ordered, 1):
-        left = sum(costs[t.name]) - work_done(t)
+        left = sum(run_costs[t.name]) - work_done(t)
         total += max(left, 0.0)
-        lease = int(total // per_lease) + 1 if per_lease > 0 else 0
+        lease = ends[t.name] = int(total // per_lease) + 1 if per_lease > 0 else 0
         lines.append(f"  {k:>3}  {t.name:<40} {t.label[:8]:<8} {t.config.class_order_run:>5} "
                      f"{'yes' if t.name in committed else 'no':>10} {left / 1e6:>10.1f}M {lease:>13}")
+    first = [f"{t.label} {t.config.phases} phase(s) seed {t.config.seed}" for t in ordered if ends[t.name] == 1]
+    lines.append(f"one lease finishes {len(first)} run(s): {', '.join(first)}" if first else
+                 f"one lease finishes no run: the first ends in lease {min(ends.values())}" if ordered else
+                 "nothing to train")
     by_seed = {}
     running = 0.0
     for t in ordered:
-        running += max(sum(costs[t.name]) - work_done(t), 0.0)
+        running += max(sum(run_costs[t.name]) - work_done(t), 0.0)
         by_seed[t.config.seed] = running
     for seed, upto in sorted(by_seed.items()):
         lines.append(f"seeds up to {seed}: {upto / 1e6:.1f}M image-steps, {-(-upto // per_lease):.0f} lease(s)")
@@ -149,12 +157,15 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
 
 # --------------------------------------------------------------------------- run (on the GPU machine)
 def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cuda", jobs: int | None = None,
-        runs_per_gpu: int = 1, data_dir: str | None = None, cache_dir: str | None = None,
-        command: str = "", log=sys.stderr, grace: float = PACK_SECONDS / 3) -> dict:
+        runs_per_gpu: int | None = None, data_dir: str | None = None, cache_dir: str | None = None,
+        command: str = "", log=sys.stderr, grace: float = PACK_SECONDS / 3, mps: str = "auto") -> dict:
     """Train the profile's runs under `work` until `deadline` (time.time()), then pack into `out`.
     A run stops at the end of its first epoch past the deadline; one still under way `grace`
     seconds after it (a long epoch, evaluation, herding) is packed as its checkpoints hold it.
-    Returns the summary that campaign.json holds."""
+    `runs_per_gpu` None and `mps` "auto" share the GPU as gpu_check's K-process figures in
+    lucir/rates.json say is fastest (costs.sharing). Its progress goes to `log` and, as plain
+    lines, to WORK/campaign.log, which is packed with the rest. Returns the summary that
+    campaign.json holds."""
     started = time.time()
     results = work / "results"
     runtime = {k: v for k, v in (("data_dir", data_dir), ("cache_dir", cache_dir)) if v}
@@ -163,48 +174,64 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
     for t in todo:
         t.deadline = deadline
     before = {t.name: work_done(t) for t in todo}
-    slots = scheduler.local_slots(device, jobs, runs_per_gpu)
-    executor = scheduler.LocalExecutor(slots)
+    best = costs.sharing(device, todo[0].config.resolved_model if todo else "resnet32")
+    runs_per_gpu = runs_per_gpu or best["runs"]
+    use_mps = device.startswith("cuda") and runs_per_gpu > 1 and {"on": True, "off": False}.get(mps, best["mps"])
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = open(work / "campaign.log", "w", buffering=1)
 
     def say(text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=log, flush=True)
+        line = f"[{time.strftime('%H:%M:%S')}] {text}"
+        print(line, file=log, flush=True)
+        print(line, file=log_file)
 
-    say(f"campaign {name}: {len(todo)} runs to train, {len(earlier)} complete earlier; {executor.describe()}; "
-        f"deadline in {(deadline - started) / 60:.1f} min")
-    outcome: dict = {}
-    done = threading.Event()
+    with log_file, contextlib.ExitStack() as stack:
+        env = {}
+        if use_mps:
+            try:
+                env = stack.enter_context(mps_daemon(work / "mps"))
+            except MPSUnavailable as e:
+                say(f"MPS asked for but not started ({e}): the {runs_per_gpu} runs share the GPU by time slicing")
+        slots = [dataclasses.replace(s, env=tuple(env.items()))
+                 for s in scheduler.local_slots(device, jobs, runs_per_gpu)]
+        executor = scheduler.LocalExecutor(slots)
+        say(f"campaign {name}: {len(todo)} runs to train, {len(earlier)} complete earlier; {executor.describe()}"
+            f"{' under MPS' if env else ''}; deadline in {(deadline - started) / 60:.1f} min")
+        outcome: dict = {}
+        done = threading.Event()
 
-    def train() -> None:
-        try:
-            outcome.update(scheduler.execute(todo, executor, None, poll=0.5,
-                                             order=lambda ts: campaign_order(ts, committed),
-                                             stop=lambda: time.time() >= deadline))
-        finally:
-            done.set()
+        def train() -> None:
+            try:
+                outcome.update(scheduler.execute(todo, executor, None, poll=0.5,
+                                                 order=lambda ts: campaign_order(ts, committed),
+                                                 stop=lambda: time.time() >= deadline))
+            finally:
+                done.set()
 
-    threading.Thread(target=train, name="campaign", daemon=True).start()
-    last = time.time()
-    while not done.wait(min(5.0, max(deadline + grace - time.time(), 0.5))):
-        if time.time() - last >= 30:  # plain progress lines, every 30 s
-            last = time.time()
-            busy = "; ".join(f"{t.name}: {describe(t)}" for _, t in executor.busy()) or "none"
-            say(f"{sum(r['status'] == 'done' for r in outcome.values())} runs ended; under way: {busy}")
-        if time.time() > deadline + grace:  # a run that overran its last epoch: pack what is on disk
-            say("past the deadline with runs still under way: packing what their checkpoints hold")
-            break
-    trained = time.time() - started
-    steps = sum(work_done(t) - before[t.name] for t in todo)
-    summary = {"profile": name, "command": command, "started": provenance.now(), "seconds": trained,
-               "image_steps": steps, "rate": steps / max(trained, 1e-9),
-               "provenance": provenance.collect(),
-               "runs": [{"run": t.name, "method": t.label, "phases": t.config.phases, "seed": t.config.seed,
-                         "class_order": t.config.class_order_run, "state": describe(t),
-                         "result": outcome.get(t.name, {}).get("status", "not started"),
-                         "left": max(sum(t.cost) - work_done(t), 0.0)} for t in todo]}
-    pack(summary, todo + earlier, Path(cache_dir) if cache_dir else None, started, out)
-    for line in table(summary, deadline - started):
-        say(line)
-    return summary
+        threading.Thread(target=train, name="campaign", daemon=True).start()
+        last = time.time()
+        while not done.wait(min(5.0, max(deadline + grace - time.time(), 0.5))):
+            if time.time() - last >= 30:  # plain progress lines, every 30 s
+                last = time.time()
+                busy = "; ".join(f"{t.name}: {describe(t)}" for _, t in executor.busy()) or "none"
+                say(f"{sum(r['status'] == 'done' for r in outcome.values())} runs ended; under way: {busy}")
+            if time.time() > deadline + grace:  # a run that overran its last epoch: pack what is on disk
+                say("past the deadline with runs still under way: packing what their checkpoints hold")
+                break
+        trained = time.time() - started
+        steps = sum(work_done(t) - before[t.name] for t in todo)
+        summary = {"profile": name, "command": command, "started": provenance.now(), "seconds": trained,
+                   "image_steps": steps, "rate": steps / max(trained, 1e-9),
+                   "runs_per_gpu": runs_per_gpu, "mps": bool(env), "sharing": best["source"],
+                   "provenance": provenance.collect(),
+                   "runs": [{"run": t.name, "method": t.label, "phases": t.config.phases, "seed": t.config.seed,
+                             "class_order": t.config.class_order_run, "state": describe(t),
+                             "result": outcome.get(t.name, {}).get("status", "not started"),
+                             "left": max(sum(t.cost) - work_done(t), 0.0)} for t in todo]}
+        for line in table(summary, deadline - started):
+            say(line)
+        pack(summary, todo + earlier, Path(cache_dir) if cache_dir else None, started, out, work / "campaign.log")
+        return summary
 
 
 def table(summary: dict, lease_training: float) -> list[str]:
@@ -221,10 +248,12 @@ def table(summary: dict, lease_training: float) -> list[str]:
     return lines
 
 
-def pack(summary: dict, tasks: list[scheduler.RunTask], cache_dir: Path | None, since: float, out: Path) -> dict:
+def pack(summary: dict, tasks: list[scheduler.RunTask], cache_dir: Path | None, since: float, out: Path,
+         log_path: Path | None = None) -> dict:
     """Into `out`: at most RETURN_FILES files of at most RETURN_MIB, the run folders (all but locks
     and progress files: metrics, confusion matrices, weight norms, the newest phase checkpoint, the
-    epoch checkpoint), the base phases cached during the campaign, and campaign.json."""
+    epoch checkpoint), the base phases cached during the campaign, campaign.json and the
+    campaign's log."""
     members = []
     for t in tasks:
         folder = Path(t.folder)
@@ -237,6 +266,8 @@ def pack(summary: dict, tasks: list[scheduler.RunTask], cache_dir: Path | None, 
     record = out.parent / f".{out.name}-campaign.json"
     record.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     members.append((record, "campaign.json"))
+    if log_path is not None and log_path.exists():
+        members.append((log_path, "campaign.log"))
     try:
         return carry.write_parts(members, out, RETURN_MIB * carry.MIB - 64 * 1024, {"kind": "campaign"},
                                  max_parts=RETURN_FILES - 1)
@@ -265,6 +296,8 @@ def land(folder: Path, results: Path, cache_dir: Path) -> dict:
     campaigns.mkdir(parents=True, exist_ok=True)
     stamp = summary.get("started", provenance.now()).replace(":", "")
     shutil.move(str(staging / "campaign.json"), str(campaigns / f"{stamp}.json"))
+    if (staging / "campaign.log").exists():
+        shutil.move(str(staging / "campaign.log"), str(campaigns / f"{stamp}.log"))
     shutil.rmtree(staging, ignore_errors=True)
     return summary
 
@@ -288,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="minutes from now at which the runs stop (at most 10 less a minute to pack and return)")
     b.add_argument("--device", default="cuda")
     b.add_argument("--jobs", type=int, help="runs at once (default: --runs-per-gpu per GPU)")
-    b.add_argument("--runs-per-gpu", type=int, default=1)
+    b.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
+                   help="runs at once on the GPU (default: the K of gpu_check's fastest K-process figure in "
+                        "lucir/rates.json, 1 without figures)")
+    b.add_argument("--mps", choices=("auto", "on", "off"), default="auto",
+                   help="NVIDIA's MPS for K > 1 runs at once (auto: where gpu_check measured it faster)")
     c = sub.add_parser("land", help="here: the returned files into the results and cache folders")
     c.add_argument("folder", help="where the returned files were copied")
     c.add_argument("--results", required=True)
@@ -308,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.time() + args.deadline_min * 60
             work = Path(args.work)
             run(args.profile, work, Path(args.out), deadline, args.device, args.jobs, args.runs_per_gpu,
-                args.data or str(work / "data"), args.cache_dir or str(work / "cache"), command=" ".join(sys.argv))
+                args.data or str(work / "data"), args.cache_dir or str(work / "cache"), command=" ".join(sys.argv),
+                mps=args.mps)
         else:
             s = land(Path(args.folder), Path(args.results), Path(args.cache_dir).expanduser())
             print(f"landed {len(s['runs'])} runs of campaign {s['profile']} ({s['image_steps'] / 1e6:.1f}M image-steps "

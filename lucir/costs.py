@@ -66,3 +66,26 @@ def assumed_rate(device: str, model: str) -> tuple[float, str]:
     from lucir/rates.json."""
     entry = rates()["cuda" if device.startswith("cuda") else "cpu"]
     return float(entry[model]), entry["source"]
+
+
+def sharing(device: str, model: str, table: dict | None = None) -> dict:
+    """How runs of `model` best share one device of `device`'s kind, from the K-process figures
+    benchmarks/gpu_check.py measured (images/s of K processes training at once, in all, with and
+    without NVIDIA's MPS): {"runs": K, "mps": bool, "speedup": total at that K over one process,
+    "rate": one run's rate times the speedup, "source": where the figures come from}. Without
+    figures, one run at a time."""
+    entry = (table or rates())["cuda" if device.startswith("cuda") else "cpu"]
+    single = float(entry[model])
+    plain = {int(k): float(v) for k, v in entry.get(f"{model}_processes_sharing_one_device", {}).items() if v}
+    mps = {int(k): float(v) for k, v in entry.get(f"{model}_processes_sharing_one_device_mps", {}).items() if v}
+    best = {"runs": 1, "mps": False, "speedup": 1.0, "rate": single,
+            "source": f"{entry['source']}; one run at a time (no K-process figures)"}
+    if 1 not in plain:
+        return best
+    for use_mps, figures in ((False, plain), (True, mps)):
+        for k, total in sorted(figures.items()):
+            if total / plain[1] > best["speedup"]:
+                best = {"runs": k, "mps": use_mps, "speedup": total / plain[1], "rate": single * total / plain[1]}
+    best["source"] = (f"{entry['source']}; {best['runs']} run(s) at once{' under MPS' if best['mps'] else ''}, "
+                      f"{best['speedup']:.2f}x one run's images/s in all")
+    return best

@@ -99,3 +99,41 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = device.type == "cuda" and not enabled
     torch.use_deterministic_algorithms(enabled)
+
+
+# --------------------------------------------------------------------------- runs sharing one GPU
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+class MPSUnavailable(RuntimeError):
+    """NVIDIA's Multi-Process Service could not be started here (no control binary, no GPU, a
+    refused start); the runs then share the GPU by time slicing, as without it."""
+
+
+@contextlib.contextmanager
+def mps_daemon(folder: Path):
+    """NVIDIA's Multi-Process Service for the processes started inside the block: a control
+    daemon of this user's own, its pipe and log folders under `folder` (nothing machine-wide is
+    changed: a process joins it only with the environment yielded here, and the daemon is told to
+    quit when the block ends). Several training processes then run their kernels at once on the
+    GPU instead of taking turns. Yields the environment (CUDA_MPS_PIPE_DIRECTORY,
+    CUDA_MPS_LOG_DIRECTORY) a process must start with; raises MPSUnavailable where it cannot run."""
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        raise MPSUnavailable(f"{MPS_CONTROL} is not on PATH")
+    pipes, logs = Path(folder) / "pipe", Path(folder) / "log"
+    pipes.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
+    try:
+        started = subprocess.run([control, "-d"], env=os.environ | env, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise MPSUnavailable(f"{MPS_CONTROL} -d: {e}") from None
+    if started.returncode != 0:
+        said = " ".join((started.stderr or started.stdout).split())[:200]
+        raise MPSUnavailable(f"{MPS_CONTROL} -d exited {started.returncode}: {said}")
+    try:
+        yield env
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([control], input="quit\n", env=os.environ | env, capture_output=True, text=True, timeout=30)

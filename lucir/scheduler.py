@@ -162,6 +162,7 @@ class Slot:
     threads: int
     group: int = 0
     visible_gpu: int | None = None  # set CUDA_VISIBLE_DEVICES to this in the worker
+    env: tuple[tuple[str, str], ...] = ()  # more environment for the worker (MPS's pipe folder)
 
 
 def cpu_threads() -> int:
@@ -213,6 +214,7 @@ def _init_worker(slot: Slot, driver: int | None = None) -> None:
         _die_with(driver)
     if slot.visible_gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot.visible_gpu)
+    os.environ.update(dict(slot.env))
     os.environ["OMP_NUM_THREADS"] = str(slot.threads)
     import torch
     torch.set_num_threads(slot.threads)

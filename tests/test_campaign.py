@@ -4,6 +4,7 @@ campaign cut by its deadline in the middle of a run and packed into at most 8 re
 brought home, carried back with the run's state for a second lease that finishes it, and a report
 rendered at home without training. The continued run ends on the metrics of an uninterrupted one."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import time
 import yaml
 
 import lucir
-from lucir import campaign, carry
+from lucir import campaign, carry, costs
+from lucir.device import MPSUnavailable, mps_daemon
 from lucir.profiles import load_profile
 
 from conftest import CIFAR_DIR, DATA_ROOT, comparable, need
@@ -73,7 +75,12 @@ def test_a_lease_cut_by_its_deadline_goes_on_in_the_next_and_lands_as_a_report(t
     [run] = summary["runs"]
     assert run["result"] == "stopped" and run["state"].startswith("under way"), run
     assert 0 < summary["image_steps"] and run["left"] > 0
+    assert summary["runs_per_gpu"] == 1 and summary["mps"] is False  # no K-process figures for this CPU
     campaign.land(_returned(remote / "OUT"), home_results, home_cache)
+    [log] = (home_results / "study" / "campaigns").glob("*.log")  # the lease's own log came home
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text  # plain lines, no bar's cursor escapes
+    assert "campaign lease" in text and "the next lease would finish" in text
     folder = home_results / "runs" / run["run"]
     assert not lucir.results.is_complete(folder)
     assert list(home_cache.glob("base/*.partial.pt")), "the base phase under way came home"
@@ -108,3 +115,76 @@ def test_a_lease_cut_by_its_deadline_goes_on_in_the_next_and_lands_as_a_report(t
     assert "0 runs to train" in proc.stderr or "1 complete earlier" in proc.stderr, proc.stderr[-2000:]
     html = (reports / "report.html").read_text()
     assert "Runs trained elsewhere" in html and "lease 2" in html and run["run"] in html
+
+
+MEASURED = {"cpu": {"resnet32": 330, "resnet18": 14, "source": "cpu"},
+            "cuda": {"resnet32": 20000, "resnet18": 6000, "source": "measured on a GPU",
+                     "resnet32_processes_sharing_one_device": {"1": 18000, "2": 30000, "4": 33000},
+                     "resnet32_processes_sharing_one_device_mps": {"4": 45000}}}
+
+
+def test_runs_share_the_gpu_the_way_gpu_check_measured_fastest():
+    best = costs.sharing("cuda", "resnet32", MEASURED)
+    assert (best["runs"], best["mps"]) == (4, True) and best["rate"] == 20000 * 45000 / 18000
+    no_mps = {**MEASURED, "cuda": {k: v for k, v in MEASURED["cuda"].items() if not k.endswith("_mps")}}
+    best = costs.sharing("cuda", "resnet32", no_mps)
+    assert (best["runs"], best["mps"]) == (4, False) and "4 run(s) at once" in best["source"]
+    alone = costs.sharing("cuda", "resnet32", {"cuda": {"resnet32": 5000, "source": "assumed, not measured"}})
+    assert (alone["runs"], alone["mps"], alone["rate"]) == (1, False, 5000.0)
+    assert alone["source"].startswith("assumed, not measured")
+
+
+def test_the_dry_run_says_what_one_lease_finishes_and_how_many_leases_the_seeds_take(tmp_path, monkeypatch):
+    """The paper's cells on one GPU, planned here on the CPU from lucir/rates.json: the committed
+    (assumed) rate says so; measured K-process figures raise the rate and cut the leases."""
+    assumed = campaign.plan("paper_cifar_gpu", tmp_path / "a", 7, None)
+    assert "18 runs to train" in assumed[0] and "assumed, not measured" in assumed[0]
+    leases = [int(line.split(", ")[1].split()[0]) for line in assumed if line.startswith("seeds up to")]
+    assert len(leases) == 3 and leases == sorted(leases) and leases[0] >= 1
+    assert any(line.startswith("one lease finishes") for line in assumed)
+    table = tmp_path / "rates.json"
+    table.write_text(json.dumps(MEASURED))
+    monkeypatch.setattr(costs, "RATES_FILE", table)
+    measured = campaign.plan("paper_cifar_gpu", tmp_path / "b", 7, None)
+    assert "measured on a GPU; 4 run(s) at once under MPS" in measured[0]
+    fewer = [int(line.split(", ")[1].split()[0]) for line in measured if line.startswith("seeds up to")]
+    assert all(f < a for f, a in zip(fewer, leases))
+    [finishes] = [line for line in measured if line.startswith("one lease finishes")]
+    assert "LUCIR" in finishes or "iCaRL" in finishes  # 7 min at 50,000/s: at least one run ends in lease 1
+
+
+def _fake_control(tmp_path, code=0):
+    """A stand-in for nvidia-cuda-mps-control that writes down how it was called."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "nvidia-cuda-mps-control"
+    script.write_text(f"""#!/bin/sh
+if [ "$1" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {tmp_path}/calls; echo refused >&2; exit {code}; fi
+read what; echo "$what $CUDA_MPS_PIPE_DIRECTORY" >> {tmp_path}/calls
+""")
+    script.chmod(0o755)
+    return bindir
+
+
+def test_mps_is_a_daemon_of_our_own_quit_at_the_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{_fake_control(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    with mps_daemon(tmp_path / "mps") as env:
+        assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(tmp_path / "mps" / "pipe")
+        assert (tmp_path / "calls").read_text() == f"start {tmp_path}/mps/pipe\n"
+    assert (tmp_path / "calls").read_text().splitlines()[1] == f"quit {tmp_path}/mps/pipe"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ  # nothing set in this process
+
+
+def test_mps_that_cannot_start_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(_fake_control(tmp_path, code=1)))
+    try:
+        with mps_daemon(tmp_path / "mps"):
+            raise AssertionError("the block must not run")
+    except MPSUnavailable as e:
+        assert "exited 1: refused" in str(e)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    try:
+        with mps_daemon(tmp_path / "mps"):
+            raise AssertionError("the block must not run")
+    except MPSUnavailable as e:
+        assert "not on PATH" in str(e)

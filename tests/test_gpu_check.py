@@ -74,8 +74,11 @@ def test_gpu_command_runs_on_the_image_and_writes_every_figure_flat_into_out(tin
     assert "needs a CUDA GPU" in log and "error" not in log.lower()
 
     figures = {(f["what"], f["setting"]): f for f in report["figures"]}
-    missing = [k for k, f in figures.items() if f["images_per_s"] is None and "fp16" not in k[1]]
-    assert missing == []  # every figure measured, except fp16 (CUDA only)
+    missing = [k for k, f in figures.items() if f["images_per_s"] is None and "fp16" not in k[1]
+               and k[0] != gpu_check.SHARED_MPS]
+    assert missing == []  # every figure measured, except fp16 and MPS (CUDA only)
+    [mps] = [f for k, f in figures.items() if k[0] == gpu_check.SHARED_MPS]
+    assert mps["setting"] == "K = 2" and mps["note"] == "not measured: MPS is for CUDA GPUs"
     assert all(f["images_per_s"] > 0 for f in figures.values() if f["images_per_s"] is not None)
     settings = {s for _, s in figures}
     for setting in ("base step, fp32", "base step, bf16 autocast", "base step, fp32, compiled (eager)",
@@ -95,6 +98,7 @@ def test_gpu_command_runs_on_the_image_and_writes_every_figure_flat_into_out(tin
     step = figures[next(k for k in figures if k[1] == "base step, fp32")]["images_per_s"]
     assert rates["cpu"]["resnet32"] == float(f"{step:.3g}") and rates["cpu"]["resnet18"] > 0
     assert set(rates["cpu"]["resnet32_processes_sharing_one_device"]) == {"1", "2"}
+    assert rates["cpu"]["resnet32_processes_sharing_one_device_mps"] == {}  # not measured on a CPU
     assert "measured on CPU" in rates["cpu"]["source"] and "--tiny" in rates["cpu"]["source"]
     assert rates["cuda"] == json.loads(committed)["cuda"]  # the other kind is kept
     config = make_config("lucir")  # the projections read such a file
