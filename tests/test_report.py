@@ -9,6 +9,7 @@ import pytest
 
 from lucir import experiments as ex
 from lucir import claims, report
+from lucir.figures import component_ablation, main_curves
 from lucir.config import ConfigError
 from smoke_study import EXPERIMENTS, smoke_study
 
@@ -49,7 +50,7 @@ def _table(reduced: bool, values: dict, setting: str) -> pd.DataFrame:
 def test_main_curves_summary_prints_a_difference_only_for_the_papers_setting():
     accs = {"LUCIR-CNN": [64.0] * 6, "iCaRL-NME": [58.0] * 6}
     t = pd.concat([_table(True, accs, "reduced"), _table(False, accs, "paper")], ignore_index=True)
-    s = ex.main_curves_summary(t)
+    s = main_curves.main_curves_summary(t)
     lucir = s[(s.curve == "LUCIR-CNN") & (s.source == "paper (PODNet Table 1)")].set_index("setting")
     assert lucir.loc["reduced", "ours"] == pytest.approx(64.5) and lucir.loc["reduced", "ours_std"] == pytest.approx(
         math.sqrt(0.5))
@@ -89,7 +90,7 @@ def test_report_top_puts_a_run_at_the_papers_setting_beside_the_published_number
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
     # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
     t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
-    rows = {r[0]: r for r in claims.main_curves_checks(t)}
+    rows = {r[0]: r for r in main_curves.checks(t)}
     beat = rows["s, 5 phases: avg. LUCIR-CNN > iCaRL-CNN"]
     assert beat[1] == "64.50 vs 60.50" and beat[2] is True and beat[3].startswith("beyond seed noise")
     nme = rows["s, 5 phases: avg. LUCIR-CNN above LUCIR-NME or within 1 point"]
@@ -98,11 +99,11 @@ def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
 
 
 def test_ablation_rows_can_be_chosen():
-    plan = ex.plan_component_ablation(5, [0], [1993], {}, rows=["CN", "CN+LC+IS"])
+    plan = component_ablation.plan(5, [0], [1993], {}, rows=["CN", "CN+LC+IS"])
     assert [r.method for r in plan] == ["CN", "CN+LC+IS"]
-    assert [r.method for r in ex.plan_component_ablation(5, [0], [1993], {})] == [m for m, _ in ex.ABLATION_ROWS]
+    assert [r.method for r in component_ablation.plan(5, [0], [1993], {})] == [m for m, _ in component_ablation.ABLATION_ROWS]
     with pytest.raises(ConfigError, match="unknown ablation row 'LC'"):
-        ex.plan_component_ablation(5, [0], [1993], {}, rows=["LC"])
+        component_ablation.plan(5, [0], [1993], {}, rows=["LC"])
 
 
 # --------------------------------------------------------------------------- files beside report.html
