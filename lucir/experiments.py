@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import provenance, published
+from . import claims, provenance, published
 from . import results as res
 from .results import run_lock  # noqa: F401  (the study's and notebooks' name for it)
 from .bars import bar_options
@@ -239,16 +239,16 @@ def spread_over(table: pd.DataFrame) -> str:
 
 def comparison(ours: float, ours_std: float, reference: float, reference_std: float, reduced: bool) -> str:
     """What a difference to a published number means: nothing for a reduced setting; otherwise
-    whether it lies within twice the spread sqrt(std_ours^2 + std_published^2) over seeds."""
+    whether it lies within the seed noise (lucir.claims.beyond_noise: twice the spread
+    sqrt(std_ours^2 + std_published^2) over seeds)."""
     if reference is None or pd.isna(reference):
         return "no published number"
     if reduced:
         return "not comparable: reduced setting"
-    spread = float(np.hypot(0.0 if pd.isna(ours_std) else ours_std,
-                            0.0 if reference_std is None or pd.isna(reference_std) else reference_std))
+    spread = claims.spread(ours_std, reference_std)
     if spread == 0:
         return "no spread to compare with (1 run, no published std)"
-    inside = abs(ours - reference) <= 2 * spread
+    inside = not pd.isna(ours) and not claims.beyond_noise(ours, reference, spread)  # no mean: outside
     return f"{'within' if inside else 'outside'} 2x the spread over seeds ({spread:.2f})"
 
 
