@@ -33,6 +33,16 @@ def test_comparison_within_and_outside_twice_the_spread_by_hand():
     assert ex.comparison(61.9, float("nan"), 64.0, None, reduced=False).startswith("no spread")
 
 
+def test_one_seed_noise_rule_decides_both_wordings():
+    """A difference to a published number is outside the spread exactly when the same difference
+    between two curves of ours is beyond seed noise: one rule (claims.beyond_noise), two wordings."""
+    for ours in (61.0, 61.9, 62.0, 62.1, 64.0, 65.9, 66.1):
+        outside = ex.comparison(ours, 0.6, 64.0, 0.8, reduced=False).startswith("outside")
+        beyond = claims.noise(ours, 0.6, 64.0, 0.8, runs=2).startswith("beyond")
+        assert outside == beyond == claims.beyond_noise(ours, 64.0, claims.spread(0.6, 0.8)), ours
+    assert claims.spread(0.6, float("nan")) == 0.6, "a missing std counts 0"
+
+
 def _table(reduced: bool, values: dict, setting: str) -> pd.DataFrame:
     """A main-curves table of two seeds: curve -> per-phase accuracies of seed 0 (seed 1 adds 1)."""
     rows = []
