@@ -7,7 +7,7 @@ the committed ones are reports/<profile>/. Two kinds of cell are compared:
 
 - each headline accuracy (headline.csv: average incremental accuracy of a setting, phase count and
   curve). They agree when |other - reference| <= 2 sqrt(std_ref^2 + std_other^2), the project's
-  seed-noise rule (lucir.claims.noise), each std being the spread between seeds that its report
+  seed-noise rule (lucir.claims.beyond_noise), each std being the spread between seeds that its report
   shows. A report with one run of a cell has no spread of its own; for it the spread the project
   measured between two seeds of ours at full CIFAR-100 is taken (reports/authors_code/summary.csv,
   per classifier), and the verdict says so;
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .claims import spread as seed_spread
 from .provenance import REPO_ROOT
 
 CELL = ["setting", "phases", "curve"]
@@ -138,7 +139,7 @@ def compare(reference, other, reference_name: str | None = None, other_name: str
                 stds.append(np.nan if measured is None else measured)
                 whence.append("1 run: measured spread" if measured is not None else "1 run: no spread")
         diff = float(r["ours other"]) - float(r["ours ref"])
-        allowed = 2 * float(np.hypot(*stds)) if not any(np.isnan(stds)) else 0.005  # no spread: equal as printed
+        allowed = 2 * seed_spread(*stds) if not any(np.isnan(stds)) else 0.005  # no spread: equal as printed
         rows.append({"setting": r["setting"], "phases": int(r["phases"]), "curve": r["curve"],
                      "reference": float(r["ours ref"]), "other": float(r["ours other"]), "other - reference": diff,
                      "allowed": allowed, "agrees": bool(abs(diff) <= allowed + 1e-9),

@@ -1,7 +1,7 @@
-"""The experiments of Sec. 4 as plans of runs, and their tidy tables.
+"""What every figure of Sec. 4 shares: plans of runs, running them, tidy tables and their summaries.
 
-A notebook builds a plan (a list of `PlannedRun`: a method preset plus config overrides), runs
-it with `run_plan`, and writes one tidy table with `write_table`. Every run goes to
+Each figure (lucir.figures) builds a plan (a list of `PlannedRun`: a method preset plus config
+overrides), runs it with `run_plan`, and writes one tidy table with `write_table`. Every run goes to
 `results_dir/runs/<name>`, the name derived from a hash of the resolved config without its
 runtime fields, so a run that two notebooks need (LUCIR with 5 phases is both a main curve
 and the CN+LC+IS row of the ablation) is trained once; a complete run is only loaded.
@@ -24,18 +24,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import provenance, published
+from . import claims, provenance, published
 from . import results as res
 from .results import run_lock  # noqa: F401  (the study's and notebooks' name for it)
 from .bars import bar_options
 from .config import Config, ConfigError, make_config
 from .trainer import run_incremental
 
-EXPERIMENTS = ("main_curves", "component_ablation", "exemplar_count", "adaptive_weight",
-               "confusion_matrices", "weight_norms")
 MAIN_CURVES = ("LUCIR-CNN", "LUCIR-NME", "iCaRL-CNN", "iCaRL-NME", "Joint-CNN")
-ABLATION_ROWS = (("CN", "cn"), ("CN+LC", "cn_lc"), ("CN+LC+IS", "cn_lc_is"), ("CN+LC+IS+CBF", "cn_lc_is_cbf"))
-CONFUSION_PANELS = ("iCaRL-CNN", "iCaRL-NME", "LUCIR-NME", "LUCIR-CNN")  # the order of Fig. 9
 TABLE_COLUMNS = ["experiment", "setting", "dataset", "method", "variant", "classifier", "curve", "phases",
                  "seed", "class_order_seed", "class_order", "memory_per_class", "reduced", "phase", "classes_seen", "metric",
                  "value", "run_dir", "run_seconds"]
@@ -76,7 +72,7 @@ def run_dir(config: Config, results_dir) -> Path:
     return resolve_results_dir(results_dir) / "runs" / run_name(config)
 
 
-# --------------------------------------------------------------------------- plans (one per notebook)
+# --------------------------------------------------------------------------- plans (built by lucir.figures)
 def runs_of(seeds: list, class_orders: list) -> list[tuple[int, int]]:
     """The (run seed, class order) of each run. One order: every seed runs on it. As many orders as
     seeds: run i is (seeds[i], class_orders[i]), the authors' convention, where each of the paper's
@@ -91,75 +87,16 @@ def runs_of(seeds: list, class_orders: list) -> list[tuple[int, int]]:
     return list(zip(seeds, class_orders))
 
 
-def _grid(seeds, class_orders, config_overrides: dict, **fields):
+def grid(seeds, class_orders, config_overrides: dict, **fields):
     """Overrides of every run (runs_of), on top of the shared config overrides."""
     for seed, order in runs_of(seeds, class_orders):
         yield {**config_overrides, **fields, "seed": seed, "class_order_run": order}
-
-
-MAIN_METHODS = {"lucir": "LUCIR", "icarl": "iCaRL"}
-
-
-def plan_main_curves(phases: list, joint_phases: list, seeds: list, class_orders: list,
-                     config_overrides: dict, lucir_overrides: dict,
-                     methods: list = tuple(MAIN_METHODS)) -> list[PlannedRun]:
-    """Fig. 5 / 6: LUCIR, iCaRL (or those of `methods`) and, where asked, joint training, for
-    every phase count."""
-    unknown = [m for m in methods if m not in MAIN_METHODS]
-    if unknown or not methods:
-        raise ConfigError(f"main curves: methods must be some of {', '.join(MAIN_METHODS)}, got {list(methods)}")
-    plan = []
-    for p in phases:
-        for o in _grid(seeds, class_orders, config_overrides, phases=p):
-            plan += [PlannedRun(MAIN_METHODS[m], m, {**o, **lucir_overrides} if m == "lucir" else o) for m in methods]
-            if p in joint_phases:
-                plan.append(PlannedRun("Joint", "joint", o))
-    return plan
-
-
-def plan_component_ablation(phases: int, seeds: list, class_orders: list, config_overrides: dict,
-                            rows: list | None = None) -> list[PlannedRun]:
-    """Fig. 7a: the rows CN, CN+LC, CN+LC+IS, CN+LC+IS+CBF (or those of them named in `rows`)."""
-    known = dict(ABLATION_ROWS)
-    unknown = [r for r in rows or [] if r not in known]
-    if unknown:
-        raise ConfigError(f"unknown ablation row '{unknown[0]}'; rows: {', '.join(known)}")
-    chosen = [(name, preset) for name, preset in ABLATION_ROWS if rows is None or name in rows]
-    return [PlannedRun(name, preset, o) for o in _grid(seeds, class_orders, config_overrides, phases=phases)
-            for name, preset in chosen]
-
-
-def plan_exemplar_count(phases: int, memory_per_class: list, seeds: list, class_orders: list,
-                        config_overrides: dict) -> list[PlannedRun]:
-    """Fig. 7b: LUCIR and iCaRL for every R_per."""
-    return [PlannedRun(method, preset, o, variant=f"R_per={r}")
-            for r in memory_per_class
-            for o in _grid(seeds, class_orders, config_overrides, phases=phases, memory_per_class=r)
-            for method, preset in (("LUCIR", "lucir"), ("iCaRL", "icarl"))]
-
-
-def plan_adaptive_weight(phases: list, seeds: list, class_orders: list,
-                         config_overrides: dict) -> list[PlannedRun]:
-    """Fig. 8: LUCIR with the adaptive lambda of Eq. 7 and with the fixed lambda_base."""
-    return [PlannedRun("LUCIR", "lucir", {**o, "adaptive_weight": aw}, variant=label)
-            for p in phases for o in _grid(seeds, class_orders, config_overrides, phases=p)
-            for aw, label in ((True, "adaptive lambda"), (False, "fixed lambda_base"))]
 
 
 def plan_one_phase_pair(phases: int, seed: int, class_order: int, config_overrides: dict) -> list[PlannedRun]:
     """Fig. 9 and Fig. 3: one iCaRL run and one LUCIR run (the paper uses 1 phase)."""
     o = {**config_overrides, "phases": phases, "seed": seed, "class_order_run": class_order}
     return [PlannedRun("iCaRL", "icarl", o), PlannedRun("LUCIR", "lucir", o)]
-
-
-PLANS = {
-    "main_curves": plan_main_curves,
-    "component_ablation": plan_component_ablation,
-    "exemplar_count": plan_exemplar_count,
-    "adaptive_weight": plan_adaptive_weight,
-    "confusion_matrices": plan_one_phase_pair,
-    "weight_norms": plan_one_phase_pair,
-}
 
 
 # --------------------------------------------------------------------------- running
@@ -209,58 +146,6 @@ def tidy_curves(results: list[dict], experiment: str, setting: str) -> pd.DataFr
                                  "phase": p["phase"], "classes_seen": p["classes_seen"], "metric": metric,
                                  "value": np.nan if value is None else 100 * value})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
-
-
-def confusion_file(run_dir, phase: int, classifier: str) -> Path:
-    name = f"confusion_phase{phase}.npy" if classifier.upper() == "CNN" else f"confusion_nme_phase{phase}.npy"
-    return Path(run_dir) / name
-
-
-def old_new_confusion(matrix: np.ndarray, n_old: int) -> dict:
-    """Shares (%) of old-class test images predicted as some new class, and the reverse."""
-    old, new = matrix[:n_old], matrix[n_old:]
-    return {"old_as_new": 100 * old[:, n_old:].sum() / max(old.sum(), 1),
-            "new_as_old": 100 * new[:, :n_old].sum() / max(new.sum(), 1)}
-
-
-def tidy_confusion(results: list[dict], setting: str) -> pd.DataFrame:
-    """The accuracy curves plus, at the last phase, the old/new confusion shares of each classifier."""
-    table = tidy_curves(results, "confusion_matrices", setting)
-    extra = []
-    for r in results:
-        last = r["metrics"]["phases"][-1]
-        n_old = last["classes_seen"] - last["new_classes"]
-        for clf in ("CNN", "NME"):
-            matrix = np.load(confusion_file(r["run_dir"], last["phase"], clf))
-            rows = table[(table.run_dir == str(r["run_dir"])) & (table.classifier == clf) & (table.metric == "acc")
-                         & (table.phase == last["phase"])]
-            for metric, value in old_new_confusion(matrix, n_old).items():
-                extra.append({**rows.iloc[0].to_dict(), "metric": metric, "value": value})
-    return pd.concat([table, pd.DataFrame(extra, columns=TABLE_COLUMNS)], ignore_index=True)
-
-
-def tidy_weight_norms(results: list[dict], setting: str) -> pd.DataFrame:
-    """One row per class of the last phase: its embedding norm (and bias for a linear head), old or new."""
-    rows = []
-    for r in results:
-        c, last = r["config"], r["metrics"]["phases"][-1]
-        n_old = last["classes_seen"] - last["new_classes"]
-        arrays = np.load(Path(r["run_dir"]) / f"weight_norms_phase{last['phase']}.npz")
-        for metric in ("weight_norm", "bias"):
-            if metric not in arrays:
-                continue
-            for k, value in enumerate(arrays[metric]):
-                rows.append({"experiment": "weight_norms", "setting": setting, "dataset": c.dataset,
-                             "method": r["planned"].method, "variant": "", "classifier": "CNN",
-                             "curve": r["planned"].method, "phases": c.phases, "seed": c.seed,
-                             "class_order_seed": c.class_order_seed, "class_order": c.class_order_run,
-                             "memory_per_class": c.memory_per_class,
-                             "reduced": bool(published.setting_differences(c.to_dict())),
-                             "phase": last["phase"], "classes_seen": last["classes_seen"], "metric": metric,
-                             "value": float(value), "run_dir": str(r["run_dir"]),
-                             "run_seconds": r["metrics"]["train_seconds"], "class_index": k,
-                             "group": "old" if k < n_old else "new"})
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS + ["class_index", "group"])
 
 
 def table_path(results_dir, experiment: str, setting: str) -> Path:
@@ -352,36 +237,23 @@ def spread_over(table: pd.DataFrame) -> str:
     return f"{head}: class orders {listed(orders)}, seeds {listed(seeds)}"
 
 
-def main_curves_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Our average incremental accuracies (mean, std and number of runs) beside each published one
-    (CIFAR-100 B50): one row per setting, phase count, curve and published source. A difference is
-    given only where our setting is the paper's; `comparison` says what it means."""
-    ours = average_accuracy(table[table.curve.isin(MAIN_CURVES)], ["setting", "dataset", "phases", "curve", "reduced"])
-    pub = published.average_accuracy_table().assign(dataset="cifar100")
-    out = ours.merge(pub, on=["dataset", "curve", "phases"], how="left")
-    return _compare(out, "ours", "ours_std").sort_values(
-        ["setting", "phases", "curve", "source"],
-        key=lambda s: s.map({c: i for i, c in enumerate(MAIN_CURVES)}) if s.name == "curve" else s,
-    ).reset_index(drop=True)
-
-
 def comparison(ours: float, ours_std: float, reference: float, reference_std: float, reduced: bool) -> str:
     """What a difference to a published number means: nothing for a reduced setting; otherwise
-    whether it lies within twice the spread sqrt(std_ours^2 + std_published^2) over seeds."""
+    whether it lies within the seed noise (lucir.claims.beyond_noise: twice the spread
+    sqrt(std_ours^2 + std_published^2) over seeds)."""
     if reference is None or pd.isna(reference):
         return "no published number"
     if reduced:
         return "not comparable: reduced setting"
-    spread = float(np.hypot(0.0 if pd.isna(ours_std) else ours_std,
-                            0.0 if reference_std is None or pd.isna(reference_std) else reference_std))
+    spread = claims.spread(ours_std, reference_std)
     if spread == 0:
         return "no spread to compare with (1 run, no published std)"
-    inside = abs(ours - reference) <= 2 * spread
+    inside = not pd.isna(ours) and not claims.beyond_noise(ours, reference, spread)  # no mean: outside
     return f"{'within' if inside else 'outside'} 2x the spread over seeds ({spread:.2f})"
 
 
-def _compare(out: pd.DataFrame, value: str, std: str, reference: str = "published",
-             reference_std: str = "published_std") -> pd.DataFrame:
+def with_comparison(out: pd.DataFrame, value: str, std: str, reference: str = "published",
+                    reference_std: str = "published_std") -> pd.DataFrame:
     """Add `ours - published` (only where the setting is the paper's) and `comparison` columns."""
     ref_std = out[reference_std] if reference_std in out else pd.Series(np.nan, index=out.index)
     own_std = out[std] if std in out else pd.Series(np.nan, index=out.index)
@@ -391,18 +263,3 @@ def _compare(out: pd.DataFrame, value: str, std: str, reference: str = "publishe
     return out.assign(**{"ours - published": diff})
 
 
-def confusion_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Final accuracy and old/new confusion shares of the four panels of Fig. 9, beside the paper's."""
-    last = last_phase(table)
-    wide = last[last.metric.isin(["acc", "old_as_new", "new_as_old"])].pivot_table(
-        index=["setting", "curve", "reduced"], columns="metric", values="value").reset_index()
-    wide["published acc"] = wide.curve.map(published.FINAL_ACCURACY_ONE_PHASE)
-    wide = _compare(wide, "acc", "acc_std", reference="published acc", reference_std="published acc std")
-    wide["curve"] = pd.Categorical(wide.curve, CONFUSION_PANELS, ordered=True)
-    return wide.sort_values(["setting", "curve"]).reset_index(drop=True)
-
-
-def weight_norm_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean of the embedding norms and biases of old and new classes, per method."""
-    return table.pivot_table(index=["setting", "method", "metric"], columns="group", values="value",
-                             aggfunc="mean").reset_index()[["setting", "method", "metric", "old", "new"]]

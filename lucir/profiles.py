@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from . import experiments, provenance
+from . import provenance
 from .config import ConfigError
+from .figures import FIGURES
 
 NOTEBOOKS_DIR = provenance.REPO_ROOT / "notebooks"
 STUDIES_DIR = provenance.REPO_ROOT / "studies"
@@ -112,7 +113,7 @@ def parse_selection(items: list[str] | None) -> dict[str, set[str]]:
         if not sep or key not in SELECT_KEYS or not chosen:
             raise StudyError(f"--select expects KEY=VALUE[,VALUE] with KEY one of {', '.join(SELECT_KEYS)}, "
                              f"got '{item}'")
-        known = {"dataset": DATASETS, "notebook": experiments.EXPERIMENTS, "method": PRESETS}.get(key)
+        known = {"dataset": DATASETS, "notebook": tuple(FIGURES), "method": PRESETS}.get(key)
         bad = sorted(v for v in chosen if (known is not None and v not in known)
                      or (key in ("phases", "seed") and not v.isdigit()))
         if bad:
@@ -124,7 +125,8 @@ def parse_selection(items: list[str] | None) -> dict[str, set[str]]:
 
 def narrow_parameters(notebook: str, params: dict, select: dict) -> dict:
     """The parameters restricted to the selection where a parameter can say it: the phase counts
-    (and joint curves), the seeds, and main_curves' methods (joint only when selected)."""
+    (and joint curves), the seeds, and what the notebook's figure narrows itself (its `narrow`:
+    main_curves' methods, joint only when selected)."""
     p = dict(params)
     if "phases" in select:
         for name in ("phases", "joint_phases"):
@@ -135,11 +137,8 @@ def narrow_parameters(notebook: str, params: dict, select: dict) -> dict:
         if isinstance(orders, list) and len(orders) == len(p["seeds"]) > 1:  # one order per seed: keep the pairs
             p["class_orders"] = [o for v, o in zip(p["seeds"], orders) if str(v) in select["seed"]] or orders[:1]
         p["seeds"] = [v for v in p["seeds"] if str(v) in select["seed"]]
-    if "method" in select and notebook == "main_curves":
-        p["methods"] = [m for m in p.get("methods", []) if m in select["method"]]
-        if "joint" not in select["method"]:
-            p["joint_phases"] = []
-    return p
+    narrow = FIGURES[notebook].narrow
+    return narrow(p, select) if narrow else p
 
 
 def run_selected(planned, config, select: dict) -> bool:
@@ -171,12 +170,12 @@ def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtim
     shared = dict(content.get("shared") or {})
     notebooks = content["notebooks"]
     for name in notebooks:
-        if name not in experiments.EXPERIMENTS:
+        if name not in FIGURES:
             raise StudyError(f"profile lists unknown notebook '{name}'; "
-                             f"notebooks: {', '.join(experiments.EXPERIMENTS)}")
+                             f"notebooks: {', '.join(FIGURES)}")
     for name in only or []:
-        if name not in experiments.EXPERIMENTS:
-            raise StudyError(f"--only: unknown notebook '{name}'; notebooks: {', '.join(experiments.EXPERIMENTS)}")
+        if name not in FIGURES:
+            raise StudyError(f"--only: unknown notebook '{name}'; notebooks: {', '.join(FIGURES)}")
         if name not in notebooks:
             raise StudyError(f"--only: notebook '{name}' has no parameter sets in this profile")
     pairs = []
@@ -222,7 +221,7 @@ def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtim
                     continue
             plan_args = {k: v for k, v in params.items() if k not in ("setting", "results_dir")}
             try:
-                plan = experiments.PLANS[notebook](**plan_args)
+                plan = FIGURES[notebook].plan(**plan_args)
                 configs = [run.config() for run in plan]
             except ConfigError as e:
                 raise StudyError(f"notebook {notebook}, setting {setting}: {e}") from None

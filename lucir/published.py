@@ -1,4 +1,5 @@
-"""Published numbers and the paper's claims, to put beside ours (never used as measurements).
+"""Published numbers, to put beside ours (never used as measurements); each figure's claim is in
+its module of lucir.figures.
 
 docs/protocol.md ("Published numbers the report compares against") gives the source of each:
 the paper's Fig. 9 captions, PODNet's Table 1 (the LUCIR and iCaRL papers' own numbers) and
@@ -37,26 +38,6 @@ AVERAGE_INCREMENTAL_ACCURACY = [
 
 # Final top-1 accuracy (%) on all 100 classes, CIFAR-100 B50 + 1 phase (the paper's Fig. 9).
 FINAL_ACCURACY_ONE_PHASE = {"iCaRL-CNN": 51.80, "iCaRL-NME": 59.13, "LUCIR-NME": 60.21, "LUCIR-CNN": 62.34}
-
-# What each figure of the paper claims (Sec. 4), in the paper's words where short.
-CLAIMS = {
-    "main_curves": "Fig. 5 and 6: LUCIR outperforms iCaRL by a large margin, in the accuracy curve "
-                   "and in the average incremental accuracy; with 10 phases the final accuracy of "
-                   "LUCIR-CNN beats iCaRL-NME by more than 6 points on CIFAR-100; LUCIR-CNN is better "
-                   "than or comparable to LUCIR-NME.",
-    "component_ablation": "Fig. 7a (CIFAR-100, 5 phases): each component (CN, LC, IS) contributes; "
-                          "CBF has a relatively small effect on CIFAR-100.",
-    "exemplar_count": "Fig. 7b (CIFAR-100, 5 phases): the more samples reserved, the better for both "
-                      "iCaRL and LUCIR, and LUCIR is above iCaRL for every number of samples.",
-    "adaptive_weight": "Fig. 8 (CIFAR-100, 5 and 10 phases): the adaptive weight of Eq. 7 helps, "
-                       "more so for long sequences of classes.",
-    "confusion_matrices": "Fig. 9 (CIFAR-100, 1 phase): iCaRL-CNN tends to classify samples into new "
-                          "classes; the last three methods mitigate this and LUCIR-CNN is best "
-                          "(51.80, 59.13, 60.21, 62.34 %).",
-    "weight_norms": "Fig. 3 (CIFAR-100, 1 phase, iCaRL): the weights and biases of the new classes are "
-                    "larger than those of the old classes; cosine normalisation removes the bias and "
-                    "the effect of the magnitudes.",
-}
 
 def paper_config(dataset: str = "cifar100") -> Config:
     """The paper's LUCIR config for `dataset`: the reference for "how this study differs". The

@@ -2,52 +2,26 @@
 (results_dir/study/study.json, written by lucir.study), the experiments' tables
 (results_dir/tables/<experiment>/<setting>.csv) and the runs' own files; nothing is re-run.
 Each section displays markdown, figures and tables in order; a missing experiment is "not run".
+What a figure's section shows below its claim is the figure's own (lucir.figures).
 """
 from __future__ import annotations
 
 import html
 import json
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import yaml
 
 from . import experiments as ex
 from . import plots, published
 from . import results as res
-from .claims import (CHECKS, adaptive_weight_checks, component_ablation_checks, confusion_matrices_checks,
-                     exemplar_count_checks, main_curves_checks, weight_norms_checks)
 from .config import upgrade
+from .display import box, md, setup, show_table
+from .figures import FIGURES
+from .figures.main_curves import headline_table, with_std
 from .provenance import REPO_ROOT
-
-NAMES = {"main_curves": "Main curves (Fig. 5, Fig. 6)", "component_ablation": "Component ablation (Fig. 7a)",
-         "exemplar_count": "Number of exemplars (Fig. 7b)", "adaptive_weight": "Adaptive weight (Fig. 8)",
-         "confusion_matrices": "Confusion matrices (Fig. 9)", "weight_norms": "Weight norms (Fig. 3)"}
-CSS = """<style>
-body, .jp-Notebook { max-width: 1180px; margin: 0 auto !important; }
-.jp-RenderedHTMLCommon table.report { border-collapse: collapse; margin: 0.4em 0 1.2em 0; font-size: 12.5px; }
-.jp-RenderedHTMLCommon table.report th { background: #eef1f5; text-align: left; padding: 3px 8px; }
-.jp-RenderedHTMLCommon table.report td { padding: 2px 8px; text-align: left; vertical-align: top; }
-.jp-RenderedHTMLCommon table.report td.num { text-align: right; font-variant-numeric: tabular-nums;
-  white-space: nowrap; }
-.jp-RenderedHTMLCommon table.report td.nowrap { white-space: nowrap; }
-.claim { border-left: 4px solid #7f7f7f; background: #f6f6f6; padding: 6px 10px; margin: 6px 0 10px 0; }
-.verdict-no { color: #b00020; font-weight: 600; } .verdict-yes { color: #1b7f3a; font-weight: 600; }
-.notrun { border-left: 4px solid #e0a800; background: #fff8e1; padding: 6px 10px; }
-.failed { border-left: 4px solid #b00020; background: #fdecee; padding: 6px 10px; }
-.jp-OutputArea-output img { max-width: 100%; height: auto; }
-</style>"""
-
-
-# A number as a table shows it, with its spread, or a dash for none: "63.42", "64.01 ± 0.91", "—"
-# (right-aligned like numbers).
-NUMBER = re.compile(r"—|[-+]?\d+(\.\d+)?( ± \d+(\.\d+)?)?")
-# The figure of each experiment, as a column of the claims table names it.
-FIGURES = {"main_curves": "Fig. 5, 6", "component_ablation": "Fig. 7a", "exemplar_count": "Fig. 7b",
-           "adaptive_weight": "Fig. 8", "confusion_matrices": "Fig. 9", "weight_norms": "Fig. 3"}
 
 
 # --------------------------------------------------------------------------- reading
@@ -73,71 +47,12 @@ def tables(results_dir, experiment: str) -> pd.DataFrame:
 
 
 def all_tables(results_dir) -> pd.DataFrame:
-    frames = [tables(results_dir, e) for e in ex.EXPERIMENTS]
+    frames = [tables(results_dir, e) for e in FIGURES]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ex.TABLE_COLUMNS)
 
 
 # --------------------------------------------------------------------------- display helpers
-def display(obj) -> None:
-    """IPython's display, imported here: the package's core (and the GPU machine's image, which has
-    no IPython) imports this module without it; only a notebook that shows something needs it."""
-    from IPython.display import display as ipython_display
-    ipython_display(obj)
-
-
-def HTML(text: str):  # noqa: N802  IPython's name
-    from IPython.display import HTML as ipython_html
-    return ipython_html(text)
-
-
-def Markdown(text: str):  # noqa: N802  IPython's name
-    from IPython.display import Markdown as ipython_markdown
-    return ipython_markdown(text)
-
-
-def show(fig) -> None:
-    display(fig)
-    plt.close(fig)
-
-
-def show_table(df: pd.DataFrame, digits: int = 2) -> None:
-    """A plain HTML table: numbers right-aligned with `digits` decimals, missing values as a dash."""
-    def cell(v):
-        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
-            return '<td class="num">—</td>'
-        if isinstance(v, (bool, np.bool_)):
-            return f"<td>{'yes' if v else 'no'}</td>"
-        if isinstance(v, (float, np.floating)):
-            return f'<td class="num">{v:.{digits}f}</td>'
-        if isinstance(v, (int, np.integer)):
-            return f'<td class="num">{v}</td>'
-        text = str(v)
-        attr = ' class="num"' if NUMBER.fullmatch(text) else (
-            ' class="nowrap"' if len(text) <= 24 or " " not in text else "")
-        return f"<td{attr}>{html.escape(text)}</td>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in df.itertuples(index=False))
-    display(HTML(f'<table class="report"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'))
-
-
-def md(text: str) -> None:
-    display(Markdown(text))
-
-
-def box(text: str, kind: str = "claim") -> None:
-    display(HTML(f'<div class="{kind}">{text}</div>'))
-
-
-def _yes(ok: bool) -> str:
-    return '<span class="verdict-yes">yes</span>' if ok else '<span class="verdict-no">no</span>'
-
-
-def setup() -> None:
-    plots.setup()
-    display(HTML(CSS))
-
-
 # --------------------------------------------------------------------------- the top
 def _reductions(runs: pd.DataFrame) -> list[str]:
     """'field: ours (paper: value)' for every setting field any run changes from the paper."""
@@ -205,14 +120,14 @@ def at_papers_setting(t: pd.DataFrame) -> list[str]:
     for (setting, phases, curve), g in h.groupby(["setting", "phases", "curve"], sort=False):
         first = g.iloc[0]
         parts = [f"{setting}, {phases} phase{'s' if phases != 1 else ''}, {curve}: "
-                 f"{_with_std(first.ours, first['ours std'] if first.runs > 1 else None)}"
+                 f"{with_std(first.ours, first['ours std'] if first.runs > 1 else None)}"
                  + (f" over {first.runs} runs" if first.runs > 1 else "")]
         for source, name in ((published.PAPER, "paper"), (published.PODNET, "PODNet's re-run")):
             r = g[g["published source"] == source]
             if len(r):
                 r = r.iloc[0]
                 meaning = "" if r.comparison.startswith("no spread") else f", {r.comparison}"
-                parts.append(f"{name} {_with_std(r.published, r['published std'])} "
+                parts.append(f"{name} {with_std(r.published, r['published std'])} "
                              f"({r['ours - published']:+.2f}{meaning})")
         lines.append("; ".join(parts))
     return lines
@@ -263,7 +178,7 @@ def header(results_dir) -> None:
         md(f"**The paper's claims at this study's scale**: {held} of {len(found)} checks hold. Each check is "
            "repeated in its figure's section below. *Seed noise* compares a difference with the spread over "
            "seeds: beyond noise when |a - b| > 2 sqrt(std_a^2 + std_b^2); with one run it is unknown.")
-        show_table(found.assign(figure=found.figure.map({NAMES[k]: v for k, v in FIGURES.items()})))
+        show_table(found.assign(figure=found.figure.map({f.title: f.label for f in FIGURES.values()})))
     runs = runs_table(results_dir)
     reductions = _reductions(runs)
     if runs.empty:
@@ -359,7 +274,7 @@ def settings_section(results_dir) -> None:
     md("Parameter sets of each notebook (one line each), beside those of the `paper` profile (studies/paper.yaml):")
     ours_name = study["profile"] if study else "this study"
     rows = []
-    for notebook in ex.EXPERIMENTS:
+    for notebook in FIGURES:
         ours = (study or {}).get("notebooks", {}).get(notebook) or []
         ran = {p["setting"] for p in study_pairs(study, notebook)}
         for entry in ours:
@@ -392,187 +307,37 @@ def _status(results_dir, experiment: str) -> pd.DataFrame | None:
             box(f"<b>Not run</b> in this study: no table of it completed (results/tables/{experiment}/).", "notrun")
         return None
     reduced = bool(t.reduced.any())
-    box(f"<b>The paper:</b> {html.escape(published.CLAIMS[experiment])}"
+    box(f"<b>The paper:</b> {html.escape(FIGURES[experiment].claim)}"
         + ("<br><i>Our setting is reduced (see the top), so compare trends, not values.</i>" if reduced else ""))
     return t
-
-
-def _checks(rows: list[tuple]) -> None:
-    """The table of checks of a claim: (check, ours, holds[, seed noise])."""
-    noise = any(len(r) > 3 for r in rows)
-    head = "<tr><th>check of the claim</th><th>ours</th><th>holds</th>" + ("<th>seed noise</th>" if noise else "")
-    body = "".join(f"<tr><td>{html.escape(r[0])}</td><td>{html.escape(r[1])}</td><td>{_yes(r[2])}</td>"
-                   + (f"<td>{html.escape(r[3] if len(r) > 3 else '')}</td>" if noise else "") + "</tr>"
-                   for r in rows)
-    display(HTML(f'<table class="report">{head}</tr>{body}</table>'))
-
-
-def main_curves_section(results_dir) -> None:
-    t = _status(results_dir, "main_curves")
-    if t is None:
-        return
-    for setting, part in t.groupby("setting"):
-        show(plots.main_curves(part))
-    _checks(main_curves_checks(t))
-    reduced = bool(t.reduced.astype(bool).all())
-    md("Average incremental accuracy (%), ours (mean ± std over runs) beside the published numbers "
-       "(CIFAR-100, 50 base classes, 5 and 10 phases; sources in docs/protocol.md). `ours over` says what our ± "
-       "is taken over; PODNet's ± is over 3 class orders, as the paper's 3 runs are (docs/protocol.md). "
-       + ("Our setting is reduced from the paper's, so no difference to a published number is printed."
-          if reduced else
-          "A difference is printed only where our setting is the paper's; `comparison` (against PODNet's re-run "
-          "where it exists, else the paper) calls it within the spread over seeds when it is at most twice "
-          "sqrt(std_ours^2 + std_published^2)."))
-    show_table(main_curves_display(t))
-
-
-def headline_table(t: pd.DataFrame) -> pd.DataFrame:
-    """The main-curves summary as the report and reports/<profile>/headline.csv show it."""
-    out = ex.main_curves_summary(t)
-    out = out.assign(source=out.source.fillna("—"))
-    cols = {"setting": "setting", "phases": "phases", "curve": "curve", "ours": "ours", "ours_std": "ours std",
-            "runs": "runs", "source": "published source", "published": "published",
-            "published_std": "published std", "ours - published": "ours - published", "comparison": "comparison"}
-    return out[list(cols)].rename(columns=cols)
-
-
-def _with_std(mean: float, std: float) -> str:
-    """'63.42', or '64.01 ± 0.91' where there is a spread."""
-    if mean is None or pd.isna(mean):
-        return "—"
-    return f"{mean:.2f}" + ("" if std is None or pd.isna(std) else f" ± {std:.2f}")
-
-
-def main_curves_display(t: pd.DataFrame) -> pd.DataFrame:
-    """The main-curves summary as the report shows it: one row per phase count and curve, ours
-    (mean ± std over runs) beside the paper's number and PODNet's re-run; a difference to the
-    published numbers and its meaning only where our setting is the paper's."""
-    summary = headline_table(t)
-    rows = []
-    for (setting, phases, curve), g in summary.groupby(["setting", "phases", "curve"], sort=False):
-        first = g.iloc[0]
-        by_source = g.set_index("published source")
-        paper = by_source.loc[published.PAPER] if published.PAPER in by_source.index else None
-        podnet = by_source.loc[published.PODNET] if published.PODNET in by_source.index else None
-        row = {"setting": setting, "phases": phases, "curve": curve,
-               "ours": _with_std(first["ours"], first["ours std"] if first.runs > 1 else None), "runs": first.runs,
-               "ours over": ex.spread_over(t[(t.setting == setting) & (t.phases == phases) & (t.curve == curve)]),
-               "paper": _with_std(paper.published, None) if paper is not None else "—",
-               "PODNet re-run (3 orders)": (_with_std(podnet.published, podnet["published std"])
-                                            if podnet is not None else "—")}
-        for name, ref in (("ours - paper", paper), ("ours - PODNet", podnet)):
-            row[name] = ref["ours - published"] if ref is not None else np.nan
-        reference = podnet if podnet is not None else paper
-        row["comparison"] = reference.comparison if reference is not None else "no published number"
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if len(out) and out["ours - paper"].isna().all() and out["ours - PODNet"].isna().all():
-        out = out.drop(columns=["ours - paper", "ours - PODNet", "comparison"])  # reduced: nothing to compare
-    if out.setting.nunique() <= 1:
-        out = out.drop(columns=["setting"])
-    return out
-
-
-def component_ablation_section(results_dir) -> None:
-    t = _status(results_dir, "component_ablation")
-    if t is None:
-        return
-    show(plots.component_ablation(t))
-    cnn = t[t.classifier == "CNN"]
-    _checks(component_ablation_checks(t))
-    table = ex.average_accuracy(cnn, ["method"]).merge(ex.final_accuracy(cnn, ["method"]), on=["method", "runs"],
-                                                       suffixes=(" avg", " final"))
-    order = [m for m, _ in ex.ABLATION_ROWS if m in set(table.method)]
-    table["method"] = pd.Categorical(table.method, order, ordered=True)
-    table = table.sort_values("method").rename(columns={"ours avg": "avg. incremental", "ours_std avg": "std",
-                                                        "ours final": "final", "ours_std final": "std (final)"})
-    md("CNN accuracy (%): average incremental and after the last phase, mean and std over runs "
-       "(the paper gives no numbers for Fig. 7a):")
-    show_table(table[["method", "avg. incremental", "std", "final", "std (final)", "runs"]])
-
-
-def exemplar_count_section(results_dir) -> None:
-    t = _status(results_dir, "exemplar_count")
-    if t is None:
-        return
-    show(plots.exemplar_count(t))
-    wide = ex.average_accuracy(t, ["memory_per_class", "curve"]).pivot(index="memory_per_class", columns="curve",
-                                                                       values="ours")
-    _checks(exemplar_count_checks(t))
-    md("Average incremental accuracy (%) per R_per (the paper gives no numbers for Fig. 7b):")
-    show_table(wide.reset_index())
-
-
-def adaptive_weight_section(results_dir) -> None:
-    t = _status(results_dir, "adaptive_weight")
-    if t is None:
-        return
-    show(plots.adaptive_weight(t))
-    wide = ex.average_accuracy(t, ["phases", "classifier", "variant"]).pivot_table(
-        index=["phases", "classifier"], columns="variant", values="ours")
-    _checks(adaptive_weight_checks(t))
-    md("Average incremental accuracy (%) (the paper gives no numbers for Fig. 8):")
-    show_table(wide.reset_index())
-
-
-def confusion_matrices_section(results_dir) -> None:
-    t = _status(results_dir, "confusion_matrices")
-    if t is None:
-        return
-    for setting, part in t.groupby("setting"):
-        show(plots.confusion_matrices(part))
-    summary = ex.confusion_summary(t)
-    _checks(confusion_matrices_checks(t))
-    md("Final accuracy on all classes (%) beside the paper's Fig. 9, and the shares (%) of old-class test images "
-       "predicted as some new class and of new-class images predicted as some old class:")
-    show_table(confusion_display(summary))
-
-
-def confusion_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """ex.confusion_summary with the columns a reader needs: the difference to the paper and its
-    meaning only where our setting is the paper's, the setting only when there are several."""
-    out = summary.rename(columns={"acc": "ours", "published acc": "paper (Fig. 9)",
-                                  "old_as_new": "old predicted as new", "new_as_old": "new predicted as old"})
-    cols = ["setting", "curve", "ours", "paper (Fig. 9)", "old predicted as new", "new predicted as old"]
-    if not out.reduced.astype(bool).all():
-        cols += ["ours - published", "comparison"]
-    if out.setting.nunique() <= 1:
-        cols.remove("setting")
-    return out.assign(curve=out.curve.astype(str))[cols]
-
-
-def weight_norms_section(results_dir) -> None:
-    t = _status(results_dir, "weight_norms")
-    if t is None:
-        return
-    show(plots.weight_norms(t))
-    s = ex.weight_norm_summary(t)
-    _checks(weight_norms_checks(t))
-    md("Mean over old and new classes after the last phase (LUCIR's cosine classifier normalises the "
-       "embeddings, so their stored norms do not reach the scores):")
-    show_table(s, digits=4)
 
 
 def claims(results_dir) -> pd.DataFrame:
     """Every check of every claim the study could test: figure, check, ours, holds, seed noise."""
     rows = []
-    for experiment, checks in CHECKS.items():
+    for experiment, figure in FIGURES.items():
         t = tables(results_dir, experiment)
         if t.empty:
             continue
-        for r in checks(t):
-            rows.append({"figure": NAMES[experiment], "check": r[0], "ours": r[1], "holds": "yes" if r[2] else "no",
+        for r in figure.checks(t):
+            rows.append({"figure": figure.title, "check": r[0], "ours": r[1], "holds": "yes" if r[2] else "no",
                          "seed noise": r[3] if len(r) > 3 else ""})
     return pd.DataFrame(rows, columns=["figure", "check", "ours", "holds", "seed noise"])
 
 
-SECTIONS = {"main_curves": main_curves_section, "component_ablation": component_ablation_section,
-            "exemplar_count": exemplar_count_section, "adaptive_weight": adaptive_weight_section,
-            "confusion_matrices": confusion_matrices_section, "weight_norms": weight_norms_section}
-
-
 def section(results_dir, experiment: str) -> None:
-    SECTIONS[experiment](results_dir)
+    """One figure's section: its claim in the paper's words (or why it has no table), then its own
+    body (lucir.figures)."""
+    t = _status(results_dir, experiment)
+    if t is not None:
+        FIGURES[experiment].section(t)
+
+
+def figure_sections(results_dir) -> None:
+    """The section of every figure of the registry, each under its heading, in the registry's order."""
+    for name, figure in FIGURES.items():
+        md(f"## {figure.heading}")
+        section(results_dir, name)
 
 
 # --------------------------------------------------------------------------- the rest
@@ -653,7 +418,7 @@ def provenance_section(results_dir) -> None:
                          "command": c.get("command")})
         show_table(pd.DataFrame(rows), digits=0)
     sidecars = []
-    for experiment in ex.EXPERIMENTS:
+    for experiment in FIGURES:
         for p in study_pairs(study, experiment):
             path = ex.table_path(results_dir, experiment, p["setting"]).with_suffix(".json")
             if path.exists():
@@ -678,7 +443,7 @@ def export(results_dir, reports_dir) -> list[Path]:
     out = Path(reports_dir)
     written = []
     study = load_study(results_dir)
-    for experiment in ex.EXPERIMENTS:
+    for experiment in FIGURES:
         settings = ([p["setting"] for p in study_pairs(study, experiment) if p["status"] in ("done", "complete earlier")]
                     if study else [p.stem for p in sorted((ex.resolve_results_dir(results_dir) / "tables" /
                                                           experiment).glob("*.csv"))])
@@ -702,7 +467,7 @@ def export(results_dir, reports_dir) -> list[Path]:
         res.atomic_write(out / "headline.md", lambda p: Path(p).write_text(text))
         written.append(out / "headline.md")
         plots.setup()
-        fig = plots.main_curves(main)
+        fig = FIGURES["main_curves"].plot(main)
         # two lines and a tight box: one panel is narrower than the title on one line
         fig.suptitle(f"{(study or {}).get('profile', 'study')}: accuracy after each phase\n(mean and std over runs)")
         res.atomic_write(out / "main_curves.png",

@@ -15,6 +15,7 @@ import papermill as pm
 import pytest
 
 from lucir import experiments, published
+from lucir.figures import FIGURES, NAMES
 from smoke_study import EXPERIMENTS, REPO, smoke_study
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -36,7 +37,7 @@ def _parameters_cell(nb):
 
 def test_the_notebooks_are_the_experiments_and_the_report():
     assert {p.stem for p in NOTEBOOKS} == set(EXPERIMENTS) | {"report"}
-    assert set(EXPERIMENTS) == set(experiments.EXPERIMENTS) == set(experiments.PLANS)
+    assert set(EXPERIMENTS) == set(NAMES) == set(FIGURES)
 
 
 @pytest.fixture(scope="session")
@@ -116,13 +117,13 @@ def test_default_parameters_are_the_quick_profile(name, tmp_path):
     [pair] = study.build_pairs(quick, tmp_path, [name], {})
     assert defaults == pair.parameters | {"results_dir": "results/quick"}
     plan_args = {k: v for k, v in defaults.items() if k not in ("setting", "results_dir")}
-    plan = experiments.PLANS[name](**plan_args)
+    plan = FIGURES[name].plan(**plan_args)
     assert {experiments.run_name(r.config()) for r in plan} == {experiments.run_name(r.config()) for r in pair.plan}
     # and {} is the paper's CIFAR-100 setting
     paper = plan_args | {"config_overrides": {}}
     if name == "exemplar_count":
         paper["memory_per_class"] = [5, 10, 20]
-    configs = [r.config() for r in experiments.PLANS[name](**paper)]
+    configs = [r.config() for r in FIGURES[name].plan(**paper)]
     at_paper_budget = [c for c in configs if c.memory_per_class == 20]
     assert at_paper_budget and all(not published.setting_differences(c.to_dict()) for c in at_paper_budget)
 

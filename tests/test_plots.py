@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 
 from lucir import experiments as ex  # noqa: E402
 from lucir import plots  # noqa: E402
+from lucir.figures import confusion_matrices  # noqa: E402
 
 # The width at which JupyterLab and report.html show a figure without shrinking it (px at 96 dpi).
 MAX_WIDTH_PX = 960
@@ -20,7 +21,7 @@ def _confusion_study(root, n=10, n_old=6, per=5) -> pd.DataFrame:
     """Four runs of Fig. 9 with hand-made matrices: class k's images all predicted as class k,
     except that iCaRL-CNN puts every old-class image into the first new class."""
     rows = []
-    for curve in ex.CONFUSION_PANELS:
+    for curve in confusion_matrices.CONFUSION_PANELS:
         method, clf = curve.split("-")
         run = root / method
         run.mkdir(exist_ok=True)
@@ -28,7 +29,7 @@ def _confusion_study(root, n=10, n_old=6, per=5) -> pd.DataFrame:
         if curve == "iCaRL-CNN":
             matrix[:n_old] = 0
             matrix[:n_old, n_old] = per
-        np.save(ex.confusion_file(run, 1, clf), matrix)
+        np.save(confusion_matrices.confusion_file(run, 1, clf), matrix)
         acc = 100 * np.trace(matrix) / matrix.sum()
         for phase, seen in ((0, n_old), (1, n)):
             rows.append(dict(experiment="confusion_matrices", setting="s", dataset="cifar100", method=method,
@@ -41,7 +42,7 @@ def _confusion_study(root, n=10, n_old=6, per=5) -> pd.DataFrame:
 @pytest.fixture
 def figure(tmp_path):
     plots.setup()
-    fig = plots.confusion_matrices(_confusion_study(tmp_path))
+    fig = confusion_matrices.plot(_confusion_study(tmp_path))
     yield fig
     matplotlib.pyplot.close(fig)
 

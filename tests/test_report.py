@@ -9,6 +9,7 @@ import pytest
 
 from lucir import experiments as ex
 from lucir import claims, report
+from lucir.figures import component_ablation, main_curves
 from lucir.config import ConfigError
 from smoke_study import EXPERIMENTS, smoke_study
 
@@ -32,6 +33,16 @@ def test_comparison_within_and_outside_twice_the_spread_by_hand():
     assert ex.comparison(61.9, float("nan"), 64.0, None, reduced=False).startswith("no spread")
 
 
+def test_one_seed_noise_rule_decides_both_wordings():
+    """A difference to a published number is outside the spread exactly when the same difference
+    between two curves of ours is beyond seed noise: one rule (claims.beyond_noise), two wordings."""
+    for ours in (61.0, 61.9, 62.0, 62.1, 64.0, 65.9, 66.1):
+        outside = ex.comparison(ours, 0.6, 64.0, 0.8, reduced=False).startswith("outside")
+        beyond = claims.noise(ours, 0.6, 64.0, 0.8, runs=2).startswith("beyond")
+        assert outside == beyond == claims.beyond_noise(ours, 64.0, claims.spread(0.6, 0.8)), ours
+    assert claims.spread(0.6, float("nan")) == 0.6, "a missing std counts 0"
+
+
 def _table(reduced: bool, values: dict, setting: str) -> pd.DataFrame:
     """A main-curves table of two seeds: curve -> per-phase accuracies of seed 0 (seed 1 adds 1)."""
     rows = []
@@ -49,7 +60,7 @@ def _table(reduced: bool, values: dict, setting: str) -> pd.DataFrame:
 def test_main_curves_summary_prints_a_difference_only_for_the_papers_setting():
     accs = {"LUCIR-CNN": [64.0] * 6, "iCaRL-NME": [58.0] * 6}
     t = pd.concat([_table(True, accs, "reduced"), _table(False, accs, "paper")], ignore_index=True)
-    s = ex.main_curves_summary(t)
+    s = main_curves.main_curves_summary(t)
     lucir = s[(s.curve == "LUCIR-CNN") & (s.source == "paper (PODNet Table 1)")].set_index("setting")
     assert lucir.loc["reduced", "ours"] == pytest.approx(64.5) and lucir.loc["reduced", "ours_std"] == pytest.approx(
         math.sqrt(0.5))
@@ -89,7 +100,7 @@ def test_report_top_puts_a_run_at_the_papers_setting_beside_the_published_number
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
     # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
     t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
-    rows = {r[0]: r for r in claims.main_curves_checks(t)}
+    rows = {r[0]: r for r in main_curves.checks(t)}
     beat = rows["s, 5 phases: avg. LUCIR-CNN > iCaRL-CNN"]
     assert beat[1] == "64.50 vs 60.50" and beat[2] is True and beat[3].startswith("beyond seed noise")
     nme = rows["s, 5 phases: avg. LUCIR-CNN above LUCIR-NME or within 1 point"]
@@ -98,11 +109,11 @@ def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
 
 
 def test_ablation_rows_can_be_chosen():
-    plan = ex.plan_component_ablation(5, [0], [1993], {}, rows=["CN", "CN+LC+IS"])
+    plan = component_ablation.plan(5, [0], [1993], {}, rows=["CN", "CN+LC+IS"])
     assert [r.method for r in plan] == ["CN", "CN+LC+IS"]
-    assert [r.method for r in ex.plan_component_ablation(5, [0], [1993], {})] == [m for m, _ in ex.ABLATION_ROWS]
+    assert [r.method for r in component_ablation.plan(5, [0], [1993], {})] == [m for m, _ in component_ablation.ABLATION_ROWS]
     with pytest.raises(ConfigError, match="unknown ablation row 'LC'"):
-        ex.plan_component_ablation(5, [0], [1993], {}, rows=["LC"])
+        component_ablation.plan(5, [0], [1993], {}, rows=["LC"])
 
 
 # --------------------------------------------------------------------------- files beside report.html

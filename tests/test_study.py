@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from lucir import published
 from lucir import scheduler
 from lucir import study as study_mod
-from smoke_study import EXPERIMENTS, REPO, run_study, smoke_study
+from smoke_study import EXPERIMENTS, REPO, fresh_clone, run_study, smoke_study
 
 SMOKE = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
 SECTIONS = ["Settings of this study", "Main curves", "Component ablation", "Number of exemplars",
@@ -157,6 +158,62 @@ def test_failing_notebook_is_reported_and_the_others_run(study, tmp_path):
     assert "Failed" in html and "weight_norms / broken" in html
     assert html.count("Not run") == 4, "main curves, ablation, exemplars, adaptive weight"
     assert len(re.findall(r"<img", html)) == 2
+
+
+# --------------------------------------------------------------------------- adding a figure
+def _example(path: str) -> str:
+    """The code of docs/study.md's worked example ("Adding a figure") that it gives for `path`."""
+    text = (REPO / "docs" / "study.md").read_text()
+    return text.split(f"<!-- example: {path} -->\n```python\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+def _percent_notebook(source: str):
+    """A notebook from cells in jupytext's percent format (`# %%`, `# %% [markdown]`, `tags=["parameters"]`)."""
+    import nbformat
+    cells = []
+    for chunk in re.split(r"^# %%", source, flags=re.M)[1:]:
+        header, _, body = chunk.partition("\n")
+        if "[markdown]" in header:
+            cells.append(nbformat.v4.new_markdown_cell("\n".join(line[2:] for line in body.strip().splitlines())))
+        else:
+            cells.append(nbformat.v4.new_code_cell(body.strip()))
+            if "parameters" in header:
+                cells[-1].metadata["tags"] = ["parameters"]
+    like = nbformat.read(REPO / "notebooks" / "weight_norms.ipynb", as_version=4)
+    return nbformat.v4.new_notebook(cells=cells, metadata=like.metadata)
+
+
+def test_a_new_figure_is_one_module_one_notebook_and_one_line(tmp_path, cache_dir):
+    """docs/study.md's worked example, added to a copy of the repository (its module, its notebook,
+    its name in the registry) runs through the study beside the main curves: the two share their
+    runs, its table is written, and the report shows its section, claim and check."""
+    import nbformat
+    clone = fresh_clone(tmp_path / "clone")
+    (clone / "lucir" / "figures" / "old_and_new.py").write_text(_example("lucir/figures/old_and_new.py"))
+    nbformat.write(_percent_notebook(_example("notebooks/old_and_new.ipynb")), clone / "notebooks" / "old_and_new.ipynb")
+    registry = clone / "lucir" / "figures" / "__init__.py"
+    assert registry.read_text().count('"weight_norms")') == 1
+    registry.write_text(registry.read_text().replace('"weight_norms")', '"weight_norms", "old_and_new")'))
+    profile = _profile(tmp_path, {"main_curves": [{"setting": "synthetic", "phases": [1], "joint_phases": [],
+                                                   "seeds": [0]}],
+                                  "old_and_new": [{"setting": "synthetic"}]})
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    proc = run_study("--profile", profile, "--results", str(results), "--reports", str(reports),
+                     "--cache-dir", cache_dir, cwd=clone)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 notebook runs" in proc.stderr and "2 runs to train" in proc.stderr, "its runs are the main curves'"
+    table = pd.read_csv(results / "tables" / "old_and_new" / "synthetic.csv")
+    assert set(table.experiment) == {"old_and_new"} and {"acc_old", "acc_new"} <= set(table.metric)
+    executed = nbformat.read(reports / "executed" / "old_and_new__synthetic.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1, "its plot, drawn inline"
+    html = (reports / "report.html").read_text()
+    headings = re.findall(r"<h2[^>]*>(.*?)<", html)
+    assert "Old and new classes after the last phase (example)" in headings
+    assert "rebalancing keeps more of the old ones" in html, "its claim above its section"
+    claims = pd.read_csv(reports / "claims.csv")
+    assert "LUCIR-CNN keeps more of the old classes than iCaRL-CNN" in set(
+        claims[claims.figure == "Old and new classes (example)"].check)
 
 
 # --------------------------------------------------------------------------- bad input: one line, exit 2
