@@ -186,26 +186,44 @@ class RunFiles:
 
 
 # How long joining a cluster may wait for its address to answer: ray.init itself retries an
-# unreachable address for ever, printing a timeout line every 35 s.
+# unreachable or silent address for ever, printing a timeout line every 35 s.
 RAY_CONNECT_TIMEOUT_S = 60
+# What an HTTP/2 client sends first (its preface and an empty SETTINGS frame). Ray's GCS and its
+# client server speak gRPC, so they answer with a SETTINGS frame (type 4, the frame's 4th byte).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
-    """An ExecutorError, within `timeout` seconds, when nothing accepts a connection at the host
-    and port of a Ray address (host:port, ray://host:port; a bare host means Ray's port 6379).
-    "auto" and "local" are left to ray.init."""
+    """An ExecutorError, within `timeout` seconds, unless a gRPC server (as Ray's is) answers at
+    the host and port of a Ray address (host:port, ray://host:port; a bare host means Ray's port
+    6379): nothing listening, a port that accepts and stays silent, or one that answers another
+    protocol. "auto" and "local" are left to ray.init."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host:
         host, port = hostport, "6379"
+    deadline = time.monotonic() + timeout
+    head, connected = b"", False
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            connected = True
+            conn.sendall(HTTP2_PREFACE)
+            while len(head) < 9:
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        reason = None if len(head) == 9 and head[3] == 4 else "it answered, but not as a Ray cluster does"
+    except socket.timeout:
+        reason = "it accepted the connection but said nothing" if connected else "timed out"
     except (OSError, ValueError) as e:
-        reason = "timed out" if isinstance(e, socket.timeout) else (getattr(e, "strerror", None) or str(e))
+        reason = getattr(e, "strerror", None) or str(e)
+    if reason:
         raise ExecutorError(f"no Ray cluster answers at --address {address} ({reason}, waited at most {timeout:.0f} s); "
-                            f"start one there (ray start --head) or give the address of a running one") from None
+                            f"start one there (ray start --head) or give the address of a running one")
 
 
 class RayExecutor:

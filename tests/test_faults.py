@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -247,13 +248,43 @@ def test_a_cifar_pickle_that_would_run_code_or_is_garbage_is_refused_and_runs_no
 
 
 # --------------------------------------------------------------------------- item 2: an unreachable Ray address
-def test_a_ray_address_with_nothing_listening_fails_in_one_line_within_the_stated_time(tmp_path):
+@pytest.fixture
+def silent_port():
+    """The port of a server that accepts every connection and never says a word (a hung service,
+    or a port of something other than Ray): ray.init waits there for ever."""
+    server = socket.socket()
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # the server closed at the end of the test
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago: nothing listens there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("fault, reason", [("nothing listening", "Connection refused"),
+                                           ("a silent server", "it accepted the connection but said nothing")])
+def test_a_ray_address_where_no_cluster_answers_fails_in_one_line_within_the_stated_time(tmp_path, request, fault,
+                                                                                          reason):
     pytest.importorskip("ray")
     from lucir.ray_executor import RAY_CONNECT_TIMEOUT_S
     from smoke_study import run_study
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port() if fault == "nothing listening" else request.getfixturevalue("silent_port")
     address = f"127.0.0.1:{port}"
     started = time.time()
     proc = run_study("--profile", "smoke", "--executor", "ray", "--address", address, "--results",
@@ -264,7 +295,7 @@ def test_a_ray_address_with_nothing_listening_fails_in_one_line_within_the_state
     # the study's header line, then the error in one line
     errors = [x for x in proc.stderr.strip().splitlines() if not x.startswith("study 'smoke': ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert address in errors[0] and "no Ray cluster answers" in errors[0]
+    assert address in errors[0] and "no Ray cluster answers" in errors[0] and reason in errors[0]
     assert not list((tmp_path / "results").rglob("metrics.json"))
 
 
