@@ -118,17 +118,21 @@ def mount_point(tmp_path):
     subprocess.run(["umount", str(point)], capture_output=True)
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_the_same_command_goes_on(tmp_path, reference, mount_point):
-    # room for the run's first phase (its checkpoint and small files) but not for the second checkpoint
-    size = res.checkpoint_path(reference[0], 0).stat().st_size * 3 // 2
+@pytest.mark.parametrize("phase", [1, LAST])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_same_command_goes_on(tmp_path, reference, mount_point, phase):
+    # room for the checkpoints before `phase` (and the small files) but not for that phase's: at
+    # LAST, the final checkpoint, which a metrics.json saying "complete" once outlived
+    size = int(res.checkpoint_path(reference[0], 0).stat().st_size * (phase + 0.5))
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True)
     out = mount_point / "run"
     args = command("lucir", dict(VALUES, cache_dir=tmp_path / "cache"), out)
     full = lucir_run(args)
     assert full.returncode == 1, full.stderr[-2000:]
     line = one_line(full.stderr)
-    assert "No space left on device" in line and str(res.checkpoint_path(out, 1)) in line
-    assert res.checkpoint_path(out, 0).exists() and not res.is_complete(out)
+    assert "No space left on device" in line and str(res.checkpoint_path(out, phase)) in line
+    assert res.checkpoint_path(out, phase - 1).exists() and not res.checkpoint_path(out, phase).exists()
+    metrics = res.load_metrics(out)
+    assert len(metrics["phases"]) == phase and not metrics["complete"] and not res.is_complete(out)
     assert not list(out.rglob("*.tmp")), "a failed write leaves no temporary file"
     subprocess.run(["mount", "-o", "remount,size=64m", str(mount_point)], check=True)  # space freed
     again = lucir_run(args)
