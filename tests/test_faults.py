@@ -237,7 +237,7 @@ def test_a_cifar_pickle_that_would_run_code_or_is_garbage_is_refused_and_runs_no
     refused = lucir_run(args)
     assert refused.returncode == 1, refused.stderr[-2000:]
     line = one_line(refused.stderr)
-    assert str(train if fault == "code" else train.parent) in line
+    assert f"'{train}'" in line  # the file itself, not only its folder
     assert not marker.exists(), "the pickle ran"
     assert not res.checkpoint_path(out, 0).exists()
     # the fault removed: the genuine file in its place, and the same command runs to the end
