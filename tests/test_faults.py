@@ -405,3 +405,23 @@ def test_a_failed_notebook_whose_old_table_exists_is_not_reported_as_having_no_t
     monkeypatch.setattr(report, "box", lambda text, kind="claim": shown.append(text))
     assert report._status(results, "weight_norms") is None
     assert any("Failed" in t for t in shown) and not any("no table" in t for t in shown), shown
+
+
+def test_a_kernel_logging_keyboard_interrupt_at_shutdown_prints_nothing_under_the_study(tmp_path, capfd):
+    """jupyter_client interrupts each kernel before shutting it down; a kernel inside a message
+    handler then logs "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." on the stderr the
+    study shares with it, after a notebook that succeeded. That race is rare on a given machine, so
+    the kernel logs that line through the same logger itself: without the study's kernel options
+    it reaches stderr, with them (lucir.study.QUIET_KERNEL) it does not."""
+    import nbformat
+    import papermill as pm
+    from lucir.study import QUIET_KERNEL
+    notebook = tmp_path / "logs.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("get_ipython().kernel.log.error('KeyboardInterrupt caught in kernel.')")]
+    nbformat.write(nb, notebook)
+    line = "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel."
+    for options, shown in (({}, True), (QUIET_KERNEL, False)):
+        pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                            cwd=str(tmp_path), **options)
+        assert (line in capfd.readouterr().err) == shown, options
