@@ -138,11 +138,13 @@ def folder_files(folder: Path, read: bool = True) -> dict:
 
 def write_run_files(folder: Path, files: dict, base: str | None = None) -> None:
     """Files of a Ray task into the run folder ({relative path: bytes, or None: remove it}), its
-    base-phase files into the cache file `base`; metrics.json last, so that a run is complete only
-    once everything else is in place."""
+    base-phase files into the cache file `base`, in the trainer's order: every file first,
+    metrics.json last of them (a run is complete only once everything else is in place), then the
+    removals (the epoch checkpoint goes only once the phase checkpoint that replaces it is there;
+    a task's changes gathered over several syncs can list a removal first)."""
     folder = Path(folder)
     paths = base_files(base) if base is not None else {}
-    for rel in sorted(files, key=lambda r: r == "metrics.json"):
+    for rel in sorted(files, key=lambda r: (files[r] is None, r == "metrics.json")):
         data, path = files[rel], paths.get(rel, folder / rel)
         if rel in (BASE_MODEL, BASE_PARTIAL) and base is None:
             continue

@@ -425,3 +425,43 @@ def test_a_kernel_logging_keyboard_interrupt_at_shutdown_prints_nothing_under_th
         pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
                             cwd=str(tmp_path), **options)
         assert (line in capfd.readouterr().err) == shown, options
+
+
+# --------------------------------------------------------------------------- the Ray driver's order of writes
+KILLED_AT_A_DRIVER_WRITE = r"""
+import os, signal, sys
+from pathlib import Path
+from lucir import results as res
+from lucir.ray_executor import RunFiles, write_run_files
+folder, last = Path(sys.argv[1]), int(sys.argv[2])
+store = RunFiles()  # what a task sent over two syncs before the driver took it
+store.put("r", {"checkpoints/epoch.pt": b"epoch 2 of phase 1"})
+store.put("r", {"checkpoints/phase_1.pt": b"phase 1", "metrics.json": b"{}", "checkpoints/epoch.pt": None})
+done = []
+def then_die(step):
+    def wrapped(*args, **kwargs):
+        step(*args, **kwargs)
+        done.append(1)
+        if len(done) == last:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return wrapped
+res.atomic_write, Path.unlink = then_die(res.atomic_write), then_die(Path.unlink)
+write_run_files(folder, store.take()["r"])
+"""
+
+
+@pytest.mark.parametrize("last", [1, 2, 3])
+def test_the_ray_driver_removes_the_epoch_checkpoint_only_after_the_phase_checkpoint_is_written(tmp_path, last):
+    """A SIGKILL of the driver after each of its writes of a task's files: the run folder always
+    holds the epoch checkpoint or the phase checkpoint that replaces it, never neither (the
+    removal, gathered in an earlier sync, came first)."""
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "phase_0.pt").write_bytes(b"phase 0")
+    (folder / "checkpoints" / "epoch.pt").write_bytes(b"epoch 1 of phase 1")  # from an earlier sync
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_A_DRIVER_WRITE, str(folder), str(last)], env=_env(),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    names = {p.name for p in folder.rglob("*") if p.is_file()}
+    assert names == [{"phase_0.pt", "epoch.pt", "phase_1.pt"}, {"phase_0.pt", "epoch.pt", "phase_1.pt", "metrics.json"},
+                     {"phase_0.pt", "phase_1.pt", "metrics.json"}][last - 1]
