@@ -104,6 +104,22 @@ def test_a_complete_run_without_its_final_checkpoint_is_refused_in_one_line(tmp_
     assert_uninterrupted(out, reference)
 
 
+def test_the_report_does_not_call_a_run_without_its_final_checkpoint_complete(tmp_path, reference):
+    import shutil
+    import pandas as pd
+    from lucir import experiments as ex
+    from lucir import report
+    results = tmp_path / "results"
+    run = results / "runs" / "r"
+    shutil.copytree(reference[0], run)
+    row = {c: 0 for c in ex.TABLE_COLUMNS} | {"experiment": "main_curves", "setting": "s", "method": "lucir",
+                                             "variant": "cnn", "metric": "acc", "run_dir": str(run)}
+    ex.write_table(pd.DataFrame([row], columns=ex.TABLE_COLUMNS), results, "main_curves", "s", {})
+    assert report.runs_table(results)["complete"].tolist() == [True]
+    res.checkpoint_path(run, LAST).unlink()  # metrics.json still says complete
+    assert report.runs_table(results)["complete"].tolist() == [False]
+
+
 # --------------------------------------------------------------------------- full disk, read-only folder
 @pytest.fixture
 def mount_point(tmp_path):
