@@ -337,6 +337,15 @@ def test_a_truncated_base_cache_file_is_one_line_naming_it_and_deleting_it_retra
     assert comparable(res.load_metrics(tmp_path / "second")) == comparable(res.load_metrics(tmp_path / "first"))
 
 
+def test_a_long_error_is_shortened_at_a_sentence_or_word_end_never_mid_sentence():
+    sentence = "Weights only load failed because the file holds an object of an unexpected kind. "
+    long = sentence * 4 + "\nCheck the recommended steps in the following error message:\n..."
+    assert res.first_sentence(RuntimeError(long)) == (sentence * 2).strip()  # whole sentences up to 200 characters
+    words = "word " * 60
+    assert res.first_sentence(RuntimeError(words)) == "word " * 39 + "word ..."  # at a word end, marked
+    assert res.first_sentence(RuntimeError("short reason.\nmore")) == "short reason."
+
+
 def test_a_truncated_config_json_is_one_line_naming_it_and_deleting_it_is_safe(tmp_path, reference):
     out = tmp_path / "run"
     first = lucir_run(args_for(out))
