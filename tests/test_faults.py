@@ -362,20 +362,33 @@ def test_a_truncated_config_json_is_one_line_naming_it_and_deleting_it_is_safe(t
     assert_uninterrupted(out, reference)
 
 
-def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_runs_to_the_end(tmp_path):
-    import numpy as np
+TINY_IMAGENET_VALUES = dict(TINY, dataset="tiny_imagenet", image_size=32, num_classes=4, base_classes=2, phases=1,
+                           train_per_class=5, test_per_class=3, epochs=1, lr_milestones=(1,), memory_per_class=2,
+                           batch_size=10, cache_base=False, checkpoint_every=0, workers=1)  # decoded in a worker
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """(the good Tiny-ImageNet folder, the metrics of an uninterrupted run of TINY_IMAGENET_VALUES on it)."""
     from conftest import TINY_IMAGENET_DIR, need
-    from lucir.data import load_dataset
     good = need(TINY_IMAGENET_DIR)
-    values = dict(TINY, dataset="tiny_imagenet", image_size=32, num_classes=4, base_classes=2, phases=1,
-                  train_per_class=5, test_per_class=3, epochs=1, lr_milestones=(1,), memory_per_class=2,
-                  batch_size=10, cache_base=False, checkpoint_every=0, workers=1)  # decoded in a worker process
+    tmp = tmp_path_factory.mktemp("tiny_imagenet_reference")
+    config = _config("lucir", dict(TINY_IMAGENET_VALUES, data_dir=str(good)), tmp / "cache")
+    return good, run_incremental(config, tmp / "run")
+
+
+def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_runs_to_the_end(tmp_path,
+                                                                                              tiny_imagenet):
+    import numpy as np
+    from lucir.data import load_dataset
+    good, reference = tiny_imagenet
     bad = tmp_path / "data"
     bad.mkdir()
     for f in good.iterdir():
         (bad / f.name).symlink_to(f)
     name = "train_50per_class_jpeg.npz"
-    first = load_dataset(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c")).train.origin[1][0]
+    first = load_dataset(_config("lucir", dict(TINY_IMAGENET_VALUES, data_dir=str(good)), tmp_path / "c")
+                         ).train.origin[1][0]
     z = dict(np.load(good / name))
     start, end = z["offsets"][first], z["offsets"][first + 1]
     z["jpeg_bytes"] = z["jpeg_bytes"].copy()
@@ -384,7 +397,7 @@ def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_
     with open(bad / name, "wb") as fh:
         np.savez(fh, **z)
     out = tmp_path / "run"
-    args = command("lucir", dict(values, data_dir=bad, cache_dir=tmp_path / "cache"), out)
+    args = command("lucir", dict(TINY_IMAGENET_VALUES, data_dir=bad, cache_dir=tmp_path / "cache"), out)
     refused = lucir_run(args)
     assert refused.returncode == 1, refused.stderr[-2000:]
     line = one_line(refused.stderr)
@@ -394,21 +407,27 @@ def test_a_corrupt_jpeg_is_one_line_naming_its_file_and_index_and_the_good_file_
     (bad / name).symlink_to(good / name)  # the good file back
     again = lucir_run(args)
     assert again.returncode == 0, again.stderr[-2000:]
-    reference = run_incremental(_config("lucir", dict(values, data_dir=str(good)), tmp_path / "c2"), tmp_path / "ref")
     assert comparable(res.load_metrics(out))["phases"] == comparable(reference)["phases"]
 
 
 # --------------------------------------------------------------------------- item 7: messages that say what is true
-def test_the_data_error_says_how_each_command_takes_data_dir(tmp_path):
+def test_the_data_error_says_how_each_command_takes_data_dir(tmp_path, tiny_imagenet):
     """The same DataError reaches `python -m lucir run` and the study, which rejects --set: the line
-    names both ways (it said only --set data_dir=..., which lucir.study refuses)."""
+    names both ways (it said only --set data_dir=..., which lucir.study refuses). Once the folder
+    is there, the same command runs to the end."""
+    good, reference = tiny_imagenet
     missing = tmp_path / "none"
-    proc = lucir_run(["run", "--preset", "lucir", "--set", "dataset=tiny_imagenet", "--set", f"data_dir={missing}",
-                      "--set", f"cache_dir={tmp_path}", "--out", str(tmp_path / "o")], timeout=240)
+    out = tmp_path / "run"
+    args = command("lucir", dict(TINY_IMAGENET_VALUES, data_dir=missing, cache_dir=tmp_path / "cache"), out)
+    proc = lucir_run(args, timeout=240)
     assert proc.returncode == 1
     line = one_line(proc.stderr)
     assert str(missing) in line and "--set data_dir=/path with python -m lucir run" in line
     assert "data_dir under shared: in a study profile" in line
+    missing.symlink_to(good, target_is_directory=True)  # the data where the command looks
+    again = lucir_run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert comparable(res.load_metrics(out))["phases"] == comparable(reference)["phases"]
 
 
 def test_a_failed_notebook_whose_old_table_exists_is_not_reported_as_having_no_table(tmp_path, monkeypatch):
