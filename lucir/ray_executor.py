@@ -224,8 +224,8 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
     except (OSError, ValueError) as e:
         reason = getattr(e, "strerror", None) or str(e)
     if reason:
-        raise ExecutorError(f"no Ray cluster answers at --address {address} ({reason}, waited at most {timeout:.0f} s); "
-                            f"start one there (ray start --head) or give the address of a running one")
+        raise ExecutorError(f"no Ray cluster answers at --address {address} ({reason}, waited at most "
+                            f"{timeout:.0f} s); start one there (ray start --head) or give the address of a live one")
 
 
 class RayExecutor:
