@@ -195,11 +195,26 @@ RAY_CONNECT_TIMEOUT_S = 60
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
+def first_frame_header(conn: socket.socket, deadline: float) -> bytes:
+    """The first 9 bytes (a frame's header) a server sends once it has an HTTP/2 client's preface,
+    or fewer where it closes the connection; socket.timeout at `deadline` (time.monotonic)."""
+    conn.sendall(HTTP2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = conn.recv(9 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
     """An ExecutorError, within `timeout` seconds, unless a gRPC server (as Ray's is) answers at
     the host and port of a Ray address (host:port, ray://host:port; a bare host means Ray's port
     6379): nothing listening, a port that accepts and stays silent, or one that answers another
-    protocol. "auto" and "local" are left to ray.init."""
+    protocol. "auto" and "local" are left to ray.init; with Ray's TLS on (RAY_USE_TLS), only the
+    connection is checked."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -207,18 +222,13 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
     if not host:
         host, port = hostport, "6379"
     deadline = time.monotonic() + timeout
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     head, connected = b"", False
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
             connected = True
-            conn.sendall(HTTP2_PREFACE)
-            while len(head) < 9:
-                conn.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = conn.recv(9 - len(head))
-                if not chunk:
-                    break
-                head += chunk
-        reason = None if len(head) == 9 and head[3] == 4 else "it answered, but not as a Ray cluster does"
+            head = b"" if tls else first_frame_header(conn, deadline)
+        reason = None if tls or (len(head) == 9 and head[3] == 4) else "it answered, but not as a Ray cluster does"
     except socket.timeout:
         reason = "it accepted the connection but said nothing" if connected else "timed out"
     except (OSError, ValueError) as e:
