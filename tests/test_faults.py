@@ -319,6 +319,26 @@ def test_a_ray_address_where_no_cluster_answers_fails_in_one_line_within_the_sta
     assert not list((tmp_path / "results").rglob("metrics.json"))
 
 
+def test_the_address_probe_takes_a_grpc_server_and_refuses_another_protocol_at_once():
+    """What Ray's GCS sent here to the probe (an HTTP/2 SETTINGS frame's header) passes; an HTTP/1
+    answer is refused without waiting for the timeout."""
+    from lucir.ray_executor import check_reachable
+    from lucir.scheduler import ExecutorError
+    for answer, passes in ((bytes.fromhex("000018040000000000"), True), (b"HTTP/1.1 400 Bad Request\r\n\r\n", False)):
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            reply = threading.Thread(target=lambda s=server, a=answer: s.accept()[0].sendall(a), daemon=True)
+            reply.start()
+            started = time.time()
+            try:
+                check_reachable(f"127.0.0.1:{server.getsockname()[1]}", timeout=30)
+                passed = True
+            except ExecutorError as e:
+                passed = False
+                assert "not as a Ray cluster does" in str(e)
+            assert passed == passes and time.time() - started < 10
+            reply.join()
+
+
 # --------------------------------------------------------------------------- item 4: truncated files
 def test_a_truncated_base_cache_file_is_one_line_naming_it_and_deleting_it_retrains_the_same_base(tmp_path):
     values = dict(VALUES, cache_base=True, cache_dir=tmp_path / "cache")
