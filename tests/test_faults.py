@@ -1,8 +1,11 @@
 """Faults a run can meet (issue 32), each injected for real: a kill between the phase checkpoint
-and metrics.json, a deleted final checkpoint, a full disk (a small tmpfs), a read-only folder (a
-tmpfs mounted read-only), a second writer of the same --out. Each ends in one line on stderr
-naming the file and a non-zero exit, and once the fault is removed the same command ends with the
-metrics and weights of a run never interrupted.
+and metrics.json (and between the Ray driver's writes), a deleted final checkpoint, a full disk (a
+small tmpfs), a read-only folder (a tmpfs mounted read-only), a second writer of the same --out,
+milestones outside the epochs, CIFAR pickles that would run code or are garbage, a Ray address
+with nothing listening or a silent server, truncated cache and config files, a corrupt JPEG, a
+missing data folder. Each ends in one line on stderr naming the file or address and a non-zero
+exit, and once the fault is removed the same command ends with the metrics (and weights) of a run
+never interrupted.
 
 The mounts need root (as on the CI machine); without it those tests are skipped."""
 from __future__ import annotations
