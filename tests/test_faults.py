@@ -5,7 +5,8 @@ milestones outside the epochs, CIFAR pickles that would run code or are garbage,
 with nothing listening or a silent server, truncated cache and config files, a corrupt JPEG, a
 missing data folder. Each ends in one line on stderr naming the file or address and a non-zero
 exit, and once the fault is removed the same command ends with the metrics (and weights) of a run
-never interrupted.
+never interrupted; not checked for the Ray address (that would need a cluster started there) or
+the milestones (the fault is the command itself).
 
 The mounts need root (as on the CI machine); without it those tests are skipped."""
 from __future__ import annotations
