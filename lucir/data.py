@@ -530,20 +530,24 @@ class CifarUnpickler(pickle.Unpickler):
 def read_torchvision_cifar100(folder: Path):
     """(train_x, train_y, test_x, test_y, names) from torchvision's cifar-100-python pickles in
     `folder`, in the array format's order (position i holds class i % 100, its (i // 100)-th
-    image; see array_format_order), so that both formats give the same runs."""
-    def load(name):
+    image; see array_format_order), so that both formats give the same runs. A file that cannot
+    be read, or does not hold what those files hold, is a DataError naming it."""
+    def load(name, fields):
         path = Path(folder) / CIFAR100_TORCHVISION / name
-        with open(path, "rb") as fh:
-            return CifarUnpickler(fh, path).load()
+        try:
+            with open(path, "rb") as fh:
+                return fields(CifarUnpickler(fh, path).load())
+        except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, pickle.UnpicklingError) as e:
+            raise DataError(f"'{path}' is corrupt or incomplete ({type(e).__name__}: {one_line(str(e), 200)}); "
+                            f"put torchvision's file there, or delete '{path.parent}' to download it again") from None
 
-    out = []
-    for split in ("train", "test"):
-        d = load(split)
+    def images(d):
         x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         y = np.asarray(d["fine_labels"], dtype=np.int64)
         keep = array_format_order(y)
-        out += [np.ascontiguousarray(x[keep]), y[keep]]
-    return (*out, list(load("meta")["fine_label_names"]))
+        return [np.ascontiguousarray(x[keep]), y[keep]]
+
+    return (*load("train", images), *load("test", images), list(load("meta", lambda d: d["fine_label_names"])))
 
 
 def array_format_order(labels: np.ndarray) -> np.ndarray:
@@ -572,12 +576,7 @@ def load_cifar100(root: Path):
                        "with LUCIR_DATA and data_dir unset")
     if arr is None or not (arr / "labels.npz").exists():
         folder = arr or download_cifar100(root)
-        try:
-            return (*read_torchvision_cifar100(folder), f"torchvision's {CIFAR100_TORCHVISION} at {folder}")
-        except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, pickle.UnpicklingError) as e:
-            raise DataError(f"CIFAR-100 data in '{folder / CIFAR100_TORCHVISION}' is corrupt or incomplete "
-                            f"({type(e).__name__}: {one_line(str(e), 200)}); delete that folder to download it "
-                            f"again") from None
+        return (*read_torchvision_cifar100(folder), f"torchvision's {CIFAR100_TORCHVISION} at {folder}")
     try:
         shards = sorted(arr.glob("train_images_*.npy.xz"), key=lambda p: int(p.name.split("_")[2].split(".")[0]))
         if not shards:

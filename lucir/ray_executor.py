@@ -138,11 +138,13 @@ def folder_files(folder: Path, read: bool = True) -> dict:
 
 def write_run_files(folder: Path, files: dict, base: str | None = None) -> None:
     """Files of a Ray task into the run folder ({relative path: bytes, or None: remove it}), its
-    base-phase files into the cache file `base`; metrics.json last, so that a run is complete only
-    once everything else is in place."""
+    base-phase files into the cache file `base`, in the trainer's order: every file first,
+    metrics.json last of them (a run is complete only once everything else is in place), then the
+    removals (the epoch checkpoint goes only once the phase checkpoint that replaces it is there;
+    a task's changes gathered over several syncs can list a removal first)."""
     folder = Path(folder)
     paths = base_files(base) if base is not None else {}
-    for rel in sorted(files, key=lambda r: r == "metrics.json"):
+    for rel in sorted(files, key=lambda r: (files[r] is None, r == "metrics.json")):
         data, path = files[rel], paths.get(rel, folder / rel)
         if rel in (BASE_MODEL, BASE_PARTIAL) and base is None:
             continue
@@ -186,26 +188,54 @@ class RunFiles:
 
 
 # How long joining a cluster may wait for its address to answer: ray.init itself retries an
-# unreachable address for ever, printing a timeout line every 35 s.
+# unreachable or silent address for ever, printing a timeout line every 35 s.
 RAY_CONNECT_TIMEOUT_S = 60
+# What an HTTP/2 client sends first (its preface and an empty SETTINGS frame). Ray's GCS and its
+# client server speak gRPC, so they answer with a SETTINGS frame (type 4, the frame's 4th byte).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def first_frame_header(conn: socket.socket, deadline: float) -> bytes:
+    """The first 9 bytes (a frame's header) a server sends once it has an HTTP/2 client's preface,
+    or fewer where it closes the connection; socket.timeout at `deadline` (time.monotonic)."""
+    conn.sendall(HTTP2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = conn.recv(9 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
 
 
 def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
-    """An ExecutorError, within `timeout` seconds, when nothing accepts a connection at the host
-    and port of a Ray address (host:port, ray://host:port; a bare host means Ray's port 6379).
-    "auto" and "local" are left to ray.init."""
+    """An ExecutorError, within `timeout` seconds, unless a gRPC server (as Ray's is) answers at
+    the host and port of a Ray address (host:port, ray://host:port; a bare host means Ray's port
+    6379): nothing listening, a port that accepts and stays silent, or one that answers another
+    protocol. "auto" and "local" are left to ray.init; with Ray's TLS on (RAY_USE_TLS), only the
+    connection is checked."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host:
         host, port = hostport, "6379"
+    deadline = time.monotonic() + timeout
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+    head, connected = b"", False
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            connected = True
+            head = b"" if tls else first_frame_header(conn, deadline)
+        reason = None if tls or (len(head) == 9 and head[3] == 4) else "it answered, but not as a Ray cluster does"
+    except socket.timeout:
+        reason = "it accepted the connection but said nothing" if connected else "timed out"
     except (OSError, ValueError) as e:
-        reason = "timed out" if isinstance(e, socket.timeout) else (getattr(e, "strerror", None) or str(e))
-        raise ExecutorError(f"no Ray cluster answers at --address {address} ({reason}, waited at most {timeout:.0f} s); "
-                            f"start one there (ray start --head) or give the address of a running one") from None
+        reason = getattr(e, "strerror", None) or str(e)
+    if reason:
+        raise ExecutorError(f"no Ray cluster answers at --address {address} ({reason}, waited at most "
+                            f"{timeout:.0f} s); start one there (ray start --head) or give the address of a live one")
 
 
 class RayExecutor:

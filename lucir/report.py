@@ -87,7 +87,7 @@ def runs_table(results_dir) -> pd.DataFrame:
                      "avg NME": 100 * metrics["avg_incremental_accuracy_nme"],
                      "train seconds": metrics["train_seconds"],
                      "seconds per phase": " ".join(f"{p['seconds']:.0f}" for p in metrics["phases"]),
-                     "complete": metrics.get("complete"), "config": config})
+                     "complete": res.is_complete(folder), "config": config})  # its final weights too
     return pd.DataFrame(rows)
 
 
