@@ -752,11 +752,10 @@ def _rates(images: int, tic) -> dict:
 def _time_ours(batches: int) -> dict:
     """Images/s of our real base and incremental training steps (lucir.trainer.train_epochs on
     CIFAR-100) and of our evaluation forward pass (lucir.trainer.extract), in this process."""
-    import copy
     import torch
     from lucir import make_config
     from lucir.data import load_dataset
-    from lucir.models import add_classes, build_model
+    from lucir.models import build_model, frozen_copy, grow_head
     from lucir.trainer import extract, train_epochs
     cfg = make_config("lucir", progress=False, device="cpu")
     data = load_dataset(cfg)
@@ -770,12 +769,8 @@ def _time_ours(batches: int) -> dict:
     tic = _clock()
     train_epochs(model, None, data, idx[2 * bs:], cfg, model.parameters(), 1, 0.1, (), 0, 0.0, dev, gen, desc="base")
     out["base_step"] = _rates(batches * bs, tic)
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    add_classes(model, 5)
-    model.head.old_weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    old = frozen_copy(model)
+    params = grow_head(model, 5)
     idx = torch.nonzero(data.train_labels < 55).flatten()[: batches * bs]
     tic = _clock()
     train_epochs(model, old, data, idx, cfg, params, 1, 0.1, (), 50, 5.0 * (50 / 5) ** 0.5, dev, gen, desc="inc")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import io
 import json
@@ -59,7 +58,7 @@ from lucir import ConfigError, make_config  # noqa: E402
 from lucir.data import EncodedImages, load_dataset  # noqa: E402
 from lucir.device import (AMP_DTYPES, MPSUnavailable, autocast, check_amp, mps_daemon,  # noqa: E402
                           set_deterministic, unusable_gpu)
-from lucir.models import add_classes, build_model  # noqa: E402
+from lucir.models import build_model, frozen_copy, grow_head  # noqa: E402
 from lucir.provenance import git_state  # noqa: E402
 from lucir.scheduler import RATES_FILE, rates, run_cost  # noqa: E402
 from lucir.trainer import train_epochs  # noqa: E402
@@ -143,9 +142,8 @@ def resnet32_rate(size: dict, device, data=None, incremental: bool = False, warm
     model.to(device=device, memory_format=torch.channels_last)
     old, n_old, lam = None, 0, 0.0
     if incremental:
-        old = copy.deepcopy(model).eval().requires_grad_(False)
-        add_classes(model, n - n // 2)
-        model.head.old_weight.requires_grad_(False)
+        old = frozen_copy(model)
+        grow_head(model, n - n // 2)
         n_old, lam = n // 2, 5.0
     params = [p for p in model.parameters() if p.requires_grad]
     idx, gen = torch.arange(len(data.train_labels)), torch.Generator().manual_seed(0)

@@ -24,7 +24,6 @@ The JPEG part (`--only jpeg` runs it alone) measures the ImageNet-style path:
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import os
@@ -38,7 +37,7 @@ import torch
 
 from lucir import make_config
 from lucir.data import EncodedImages, load_dataset
-from lucir.models import add_classes, build_model
+from lucir.models import build_model, frozen_copy, grow_head
 from lucir.trainer import resolve_device, train_epochs
 
 
@@ -112,12 +111,8 @@ def incremental_model(device):
     """The model of an incremental phase of B50 + 5 phases: 50 old classes with fixed weights, 10
     new, and the frozen old model beside it. Returns (model, old model, trainable parameters)."""
     model = build_model("resnet32", 50, True, False).to(device=device, memory_format=torch.channels_last)
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    add_classes(model, 10)
-    model.head.old_weight.requires_grad_(False)
-    return model, old, [p for p in model.parameters() if p.requires_grad]
+    old = frozen_copy(model)
+    return model, old, grow_head(model, 10)
 
 
 def timed(fn, steps: int, warmup: int, device) -> float:

@@ -7,6 +7,7 @@ what the softmax of Eq. 1 / Eq. 4 sees.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -205,6 +206,26 @@ def add_classes(model: Net, n_new: int, new_weight: torch.Tensor | None = None) 
         grown.bias.data[: head.out_features] = head.bias.data
         model.head = grown
     return model
+
+
+def frozen_copy(model: Net) -> Net:
+    """The old model of an incremental phase (Eq. 6-8): a copy of the model as the previous phase
+    left it, in eval mode, with no gradients."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
+
+
+def grow_head(model: Net, n_new: int, new_weight: torch.Tensor | None = None, fix_old: bool = True) -> list:
+    """The head grown by `n_new` classes for a new phase (add_classes; `new_weight` imprints them),
+    and with `fix_old` on a cosine head the old classes' embeddings fixed (Sec. 3.3; the official
+    code gives them lr 0 and weight decay 0). Returns the parameters left to train, in the model's
+    order."""
+    add_classes(model, n_new, new_weight)
+    if model.cosine and fix_old:
+        model.head.old_weight.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def merge_head(model: Net) -> Net:

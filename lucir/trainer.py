@@ -7,7 +7,6 @@ optionally finetune on a class-balanced set, evaluate CNN and NME, write a check
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -32,7 +31,8 @@ from .distributed import setup as dist_setup
 from .memory import class_means, exemplars_per_class, herding, nme_predict
 from .metrics import (accuracy, average_incremental_accuracy, confusion_matrix, forgetting,
                       group_accuracies, split_accuracy)
-from .models import Net, Output, add_classes, build_model, imprint_weights, merge_head, weight_norms
+from .models import (Net, Output, add_classes, build_model, frozen_copy, grow_head, imprint_weights, merge_head,
+                     weight_norms)
 
 
 class TrainingDiverged(RuntimeError):
@@ -352,23 +352,14 @@ def train_incremental(model: Net, data: Dataset, classes: range, memory: dict, c
     unless the epoch checkpoint being resumed holds the grown head's weights)."""
     n_old, n_new = classes.start, len(classes)
     resuming = checkpoint is not None and checkpoint.state_for("train") is not None
-    old_model = None
-    if c.distillation:
-        old_model = copy.deepcopy(model).eval()
-        for p in old_model.parameters():
-            p.requires_grad_(False)
+    old_model = frozen_copy(model) if c.distillation else None
     new_weight = None
     if model.cosine and c.imprint and not resuming:
         idx = torch.nonzero((data.train_labels >= n_old) & (data.train_labels < classes.stop)).flatten()
         feats, _ = extract(model, data.train, idx, device, c.eval_batch_size, **_extract_options(c))
         lab = data.train_labels[idx]
         new_weight = imprint_weights([feats[lab == k] for k in classes], model.head.weight.detach().float().cpu())
-    add_classes(model, n_new, new_weight)
-    params = [p for p in model.parameters()]
-    if model.cosine and c.less_forget:
-        # Sec. 3.3: old-class embeddings fixed (official: lr 0 and weight decay 0 for fc1).
-        model.head.old_weight.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
+    params = grow_head(model, n_new, new_weight, fix_old=c.less_forget)
     lam = phase_lambda(c, classes)
     if c.joint_training:
         idx = torch.nonzero(data.train_labels < classes.stop).flatten()
