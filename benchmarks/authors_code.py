@@ -7,7 +7,7 @@ PATH is a local checkout of the authors' repository (github.com/hshustc/CVPR19_I
 the project does not ship it: `git clone https://github.com/hshustc/CVPR19_Incremental_Learning`).
 The harness
 
-1. copies it to WORK/code and applies the patches in benchmarks/authors_code/*.patch, in order
+1. copies it to WORK/code and applies the patches in benchmarks/authors_code/*.patch, in order (git apply)
    (each file starts with its reason; none touches the algorithm):
      01 cifar-files-without-md5   torchvision accepts the cifar-100-python files written from our
                                   arrays (their md5 sums differ from the official files': other
@@ -122,8 +122,16 @@ TINY = Setting(num_classes=20, base_classes=10, phases=2, epochs=1, milestones=(
 @dataclass
 class Hunk:
     path: str
-    old: list[str]
-    new: list[str]
+    header: str       # its "@@ -a,b +c,d @@" line
+    lines: list[str]  # its body, each line tagged " " (context), "-" or "+"
+
+    @property
+    def old(self) -> list[str]:
+        return [line[1:] for line in self.lines if line[:1] in " -"]
+
+    @property
+    def new(self) -> list[str]:
+        return [line[1:] for line in self.lines if line[:1] in " +"]
 
 
 @dataclass
@@ -136,6 +144,15 @@ class Patch:
     def files(self) -> list[str]:
         return sorted({h.path for h in self.hunks})
 
+    def diff(self) -> str:
+        """The unified diff that `git apply` reads."""
+        out = []
+        for path in self.files:
+            out += [f"diff --git a/{path} b/{path}", f"--- a/{path}", f"+++ b/{path}"]
+            for h in (h for h in self.hunks if h.path == path):
+                out += [h.header, *h.lines]
+        return "\n".join(out) + "\n"
+
 
 def read_patch(path: Path) -> Patch:
     """A unified diff preceded by its reason (the text before the first 'diff --git' line)."""
@@ -146,22 +163,15 @@ def read_patch(path: Path) -> Patch:
     patch = Patch(path.name, head.strip())
     cur_path, hunk = None, None
     for line in (sep + body).splitlines():
-        if line.startswith("diff --git") or line.startswith("index ") or line.startswith("--- "):
+        if line.startswith(("diff --git", "index ", "--- ")):
             hunk = None
         elif line.startswith("+++ "):
-            cur_path = line[4:].strip().removeprefix("b/")
-            hunk = None
+            cur_path, hunk = line[4:].strip().removeprefix("b/"), None
         elif line.startswith("@@"):
-            hunk = Hunk(cur_path, [], [])
+            hunk = Hunk(cur_path, line, [])
             patch.hunks.append(hunk)
-        elif hunk is not None and line.startswith("\\"):
-            continue  # "\ No newline at end of file"
         elif hunk is not None:
-            tag, content = (line[:1], line[1:]) if line else (" ", "")
-            if tag in " -":
-                hunk.old.append(content)
-            if tag in " +":
-                hunk.new.append(content)
+            hunk.lines.append(line or " ")
     if not patch.reason or not patch.hunks:
         raise ValueError(f"{path.name}: a patch needs a reason and at least one hunk")
     return patch
@@ -172,24 +182,19 @@ def patches() -> list[Patch]:
 
 
 def apply_patch(root: Path, patch: Patch) -> None:
-    """Apply each hunk exactly where its old lines stand, searching forward from the previous hunk
-    of the same file; anything else (text not found: another version of the code) is an error."""
-    by_file: dict[str, list[Hunk]] = {}
-    for h in patch.hunks:
-        by_file.setdefault(h.path, []).append(h)
-    for rel, hunks in by_file.items():
-        f = root / rel
-        text = f.read_text()
-        lines = text.split("\n")
-        pos = 0
-        for h in hunks:
-            n = len(h.old)
-            at = next((i for i in range(pos, len(lines) - n + 1) if lines[i:i + n] == h.old), None)
-            if at is None:
-                raise RuntimeError(f"{patch.name}: its text is not in {rel} (another version of the authors' code?)")
-            lines[at:at + n] = h.new
-            pos = at + len(h.new)
-        f.write_text("\n".join(lines))
+    """`git apply` of the patch to the files under `root`, all of it or nothing; a hunk whose text
+    is not there (another version of the code, or applied already) is an error naming its file.
+    `root` is taken as a folder of its own even inside a repository (git would otherwise apply
+    the paths from that repository's top)."""
+    root = Path(root).resolve()
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(root.parent)}
+    done = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=root, input=patch.diff(), env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        failed = re.search(r"patch failed: (.+?):\d+", done.stderr)
+        where = failed.group(1) if failed else ", ".join(patch.files)
+        said = " ".join(done.stderr.split())[:300]
+        raise RuntimeError(f"{patch.name}: its text is not in {where} (another version of the authors' code?): {said}")
 
 
 def prepare_code(authors: Path, dest: Path) -> list[str]:

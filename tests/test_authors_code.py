@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def test_apply_patch_replaces_exactly_the_hunk_and_refuses_other_code(tmp_path):
     assert f.read_text() == "one\ntwo\nthree\nfour\nTWO\n"  # the second 'two', where the context says
     with pytest.raises(RuntimeError, match="not in a/x.py"):
         ac.apply_patch(tmp_path, p)  # applied already: its old text is gone
+    # a folder inside a repository is patched as a folder of its own (git apply alone would take the
+    # paths from the repository's top and skip them)
+    repo = tmp_path / "repo"
+    (repo / "code" / "a").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "code" / "a" / "x.py").write_text("one\ntwo\nthree\nfour\ntwo\n")
+    ac.apply_patch(repo / "code", p)
+    assert (repo / "code" / "a" / "x.py").read_text() == "one\ntwo\nthree\nfour\nTWO\n"
 
 
 def test_each_real_hunk_applies_to_its_own_old_text(tmp_path):
