@@ -134,13 +134,13 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
              f"{r:,.0f} image-steps/s in all ({source}); {deadline_minutes:g} min of training a lease = "
              f"{per_lease / 1e6:.1f}M image-steps",
              f"  {'#':>3}  {'run':<40} {'method':<8} {'order':>5} {'in reports':>10} {'image-steps':>11} {'ends in lease':>13}"]
+    left = {t.name: max(sum(run_costs[t.name]) - work_done(t), 0.0) for t in ordered}  # reads each checkpoint once
     total, ends = 0.0, {}
     for k, t in enumerate(ordered, 1):
-        left = sum(run_costs[t.name]) - work_done(t)
-        total += max(left, 0.0)
+        total += left[t.name]
         lease = ends[t.name] = int(total // per_lease) + 1 if per_lease > 0 else 0
         lines.append(f"  {k:>3}  {t.name:<40} {t.label[:8]:<8} {t.config.class_order_run:>5} "
-                     f"{'yes' if t.name in committed else 'no':>10} {left / 1e6:>10.1f}M {lease:>13}")
+                     f"{'yes' if t.name in committed else 'no':>10} {left[t.name] / 1e6:>10.1f}M {lease:>13}")
     first = [f"{t.label} {t.config.phases} phase(s) seed {t.config.seed}" for t in ordered if ends[t.name] == 1]
     lines.append(f"one lease finishes {len(first)} run(s): {', '.join(first)}" if first else
                  f"one lease finishes no run: the first ends in lease {min(ends.values())}" if ordered else
@@ -148,7 +148,7 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
     by_seed = {}
     running = 0.0
     for t in ordered:
-        running += max(sum(run_costs[t.name]) - work_done(t), 0.0)
+        running += left[t.name]
         by_seed[t.config.seed] = running
     for seed, upto in sorted(by_seed.items()):
         lines.append(f"seeds up to {seed}: {upto / 1e6:.1f}M image-steps, {-(-upto // per_lease):.0f} lease(s)")
@@ -219,7 +219,8 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
                 say("past the deadline with runs still under way: packing what their checkpoints hold")
                 break
         trained = time.time() - started
-        steps = sum(work_done(t) - before[t.name] for t in todo)
+        after = {t.name: work_done(t) for t in todo}
+        steps = sum(after[t.name] - before[t.name] for t in todo)
         summary = {"profile": name, "command": command, "started": provenance.now(), "seconds": trained,
                    "image_steps": steps, "rate": steps / max(trained, 1e-9),
                    "runs_per_gpu": runs_per_gpu, "mps": bool(env), "sharing": best["source"],
@@ -227,7 +228,7 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
                    "runs": [{"run": t.name, "method": t.label, "phases": t.config.phases, "seed": t.config.seed,
                              "class_order": t.config.class_order_run, "state": describe(t),
                              "result": outcome.get(t.name, {}).get("status", "not started"),
-                             "left": max(sum(t.cost) - work_done(t), 0.0)} for t in todo]}
+                             "left": max(sum(t.cost) - after[t.name], 0.0)} for t in todo]}
         for line in table(summary, deadline - started):
             say(line)
         pack(summary, todo + earlier, Path(cache_dir) if cache_dir else None, started, out, work / "campaign.log")
