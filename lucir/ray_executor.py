@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -238,6 +239,43 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
                             f"{timeout:.0f} s); start one there (ray start --head) or give the address of a live one")
 
 
+
+# What Ray's core prints (on file descriptor 2, from C++) while a cluster refuses this driver's
+# token: since Ray 2.5x, `ray start --head` turns token authentication on wherever a token exists
+# (~/.ray/auth_token), and a driver given an explicit address sends the token only under
+# RAY_AUTH_MODE=token; ray.init itself raises only "Failed to connect".
+REFUSED_TOKEN = ("InvalidAuthToken", "Unauthenticated")
+
+
+def join_cluster(ray, address: str) -> None:
+    """ray.init at `address`, with what Ray's core prints meanwhile held back: printed as it was
+    where the driver joins, read where it does not, so that a refused token becomes one line that
+    says what to set (an ExecutorError; other failures are raised as they are)."""
+    held = tempfile.TemporaryFile()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(held.fileno(), 2)
+    try:
+        ray.init(address=address, log_to_driver=False)
+        refused = None
+    except Exception as e:  # noqa: BLE001  (Ray raises ConnectionError and plain Exception)
+        refused = e
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        held.seek(0)
+        printed = held.read().decode(errors="replace")
+        held.close()
+    if refused is None:
+        sys.stderr.write(printed)
+        return
+    ray.shutdown()
+    if any(word in printed for word in REFUSED_TOKEN):
+        raise ExecutorError(f"the Ray cluster at --address {address} refused this driver's token; it runs with token "
+                            "authentication: set RAY_AUTH_MODE=token, with the head's token in RAY_AUTH_TOKEN or "
+                            "~/.ray/auth_token (see `ray get-auth-token`)") from None
+    raise refused
+
 class RayExecutor:
     """Each run a Ray task asking for `cpus_per_run` CPUs and, where the cluster has GPUs and the
     device is not cpu, 1/runs_per_gpu of a GPU. Without `address`, ray.init() starts a small local
@@ -257,11 +295,13 @@ class RayExecutor:
         for attempt in range(3):  # a busy machine can miss Ray's fixed 30 s wait for a local raylet
             try:
                 if address:
-                    ray.init(address=address, log_to_driver=False)
+                    join_cluster(ray, address)
                 else:  # a busy machine can take over Ray's default 30 s to start the local raylet
                     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
                     ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
                 break
+            except ExecutorError:
+                raise
             except Exception as e:  # noqa: BLE001  (Ray raises plain Exception for a slow start)
                 ray.shutdown()
                 if address or attempt == 2:

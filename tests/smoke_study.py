@@ -20,10 +20,11 @@ _CACHE: dict = {}
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"]
 
 
-def run_study(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_study(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m lucir.study ARGS` in a child process, as a user would run it (from `cwd`, whose
-    lucir package is the one imported: the working folder comes first on a `python -m` path)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    lucir package is the one imported: the working folder comes first on a `python -m` path), with
+    the variables of `env` added to this process's environment."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run([sys.executable, "-m", "lucir.study", *args, "--no-progress"], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -5,17 +5,20 @@ milestones outside the epochs, CIFAR pickles that would run code or are garbage,
 with nothing listening or a silent server, truncated cache and config files, a corrupt JPEG, a
 missing data folder. Each ends in one line on stderr naming the file or address and a non-zero
 exit, and once the fault is removed the same command ends with the metrics (and weights) of a run
-never interrupted; not checked for the Ray address (that would need a cluster started there) or
-the milestones (the fault is the command itself).
+never interrupted (for the Ray address: once a Ray head is started there, and with its token); not
+for the milestones, where the fault is the command itself.
 
 The mounts need root (as on the CI machine); without it those tests are skipped."""
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -315,11 +318,8 @@ def test_a_ray_address_where_no_cluster_answers_fails_in_one_line_within_the_sta
                      str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--cache-dir",
                      str(tmp_path / "cache"), timeout=RAY_CONNECT_TIMEOUT_S + 120)
     assert time.time() - started < RAY_CONNECT_TIMEOUT_S + 60  # ray.init alone would wait for ever
-    assert proc.returncode != 0
-    # the study's header line, then the error in one line
-    errors = [x for x in proc.stderr.strip().splitlines() if not x.startswith("study 'smoke': ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert address in errors[0] and "no Ray cluster answers" in errors[0] and reason in errors[0]
+    error = one_error_line(proc)  # after the study's header line
+    assert address in error and "no Ray cluster answers" in error and reason in error
     assert not list((tmp_path / "results").rglob("metrics.json"))
 
 
@@ -342,6 +342,63 @@ def test_the_address_probe_takes_a_grpc_server_and_refuses_another_protocol_at_o
             assert passed == passes and time.time() - started < 10
             reply.join()
 
+
+
+def one_error_line(proc) -> str:
+    """The error line of a failed study: stderr less the study's header line, which must be one line."""
+    errors = [x for x in proc.stderr.strip().splitlines() if not x.startswith("study 'smoke': ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_ray_address_with_nothing_listening_works_once_a_ray_head_is_started_there(tmp_path):
+    """The fault removed for real: `ray start --head` at the address that refused the connection,
+    with token authentication (Ray's default where a token exists). The driver without the token
+    is refused in one line saying what to set; with it, the same command ends with the metrics of
+    the same study run locally."""
+    pytest.importorskip("ray")
+    from lucir.ray_executor import check_reachable
+    from lucir.scheduler import ExecutorError
+    from smoke_study import run_study
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the user's shell for this head
+    folders = lambda where: ("--results", str(tmp_path / where / "results"), "--reports",  # noqa: E731
+                             str(tmp_path / where / "reports"), "--cache-dir", str(tmp_path / where / "cache"))
+    args = ("--profile", "smoke", "--only", "weight_norms", "--executor", "ray", "--address", address, *folders("ray"))
+
+    assert address in one_error_line(run_study(*args, env=token, timeout=300))
+    session = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = subprocess.Popen(["ray", "start", "--head", f"--port={port}", "--block", f"--temp-dir={session}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=dict(os.environ, **token), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        for _ in range(120):
+            try:
+                check_reachable(address, timeout=5)
+                break
+            except ExecutorError:
+                time.sleep(1)
+        else:
+            pytest.skip(f"`ray start --head --port={port}` did not answer within 2 min here")
+        refused = one_error_line(run_study(*args, timeout=300))
+        assert address in refused and "RAY_AUTH_MODE=token" in refused
+        joined = run_study(*args, env=token, timeout=1200)
+        assert joined.returncode == 0, joined.stderr[-3000:]
+    finally:
+        head.terminate()
+        try:
+            head.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(session, ignore_errors=True)
+    local = run_study(*args[:4], *folders("local"), timeout=1200)
+    assert local.returncode == 0, local.stderr[-3000:]
+    runs = {where: sorted((tmp_path / where / "results" / "runs").glob("*/metrics.json")) for where in ("ray", "local")}
+    assert runs["ray"] and [m.parent.name for m in runs["ray"]] == [m.parent.name for m in runs["local"]]
+    for ours, theirs in zip(runs["ray"], runs["local"]):
+        assert comparable(res.load_metrics(ours.parent)) == comparable(res.load_metrics(theirs.parent)), ours.parent.name
 
 # --------------------------------------------------------------------------- item 4: truncated files
 def test_a_truncated_base_cache_file_is_one_line_naming_it_and_deleting_it_retrains_the_same_base(tmp_path):
