@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -240,41 +241,34 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
 
 
 
-# What Ray's core prints (on file descriptor 2, from C++) while a cluster refuses this driver's
-# token: since Ray 2.5x, `ray start --head` turns token authentication on wherever a token exists
-# (~/.ray/auth_token), and a driver given an explicit address sends the token only under
-# RAY_AUTH_MODE=token; ray.init itself raises only "Failed to connect".
+# What Ray's core prints while a cluster refuses a driver's token: since Ray 2.5x, `ray start
+# --head` turns token authentication on wherever a token exists (~/.ray/auth_token), and a driver
+# given an explicit address sends the token only under RAY_AUTH_MODE=token; ray.init itself
+# raises only "Failed to connect".
 REFUSED_TOKEN = ("InvalidAuthToken", "Unauthenticated")
+JOIN = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
 
 
-def join_cluster(ray, address: str) -> None:
-    """ray.init at `address`, with what Ray's core prints meanwhile held back: printed as it was
-    where the driver joins, read where it does not, so that a refused token becomes one line that
-    says what to set (an ExecutorError; other failures are raised as they are)."""
-    held = tempfile.TemporaryFile()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(held.fileno(), 2)
+def join_cluster(ray, address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """ray.init at `address`, once a driver in a child process has joined there and left within
+    `timeout` seconds: ray.init waits for ever on a server that speaks gRPC but is not a Ray
+    cluster, and a child can be stopped. Where it did not join, an ExecutorError in one line (a
+    refused token says what to set)."""
     try:
-        ray.init(address=address, log_to_driver=False)
-        refused = None
-    except Exception as e:  # noqa: BLE001  (Ray raises ConnectionError and plain Exception)
-        refused = e
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        held.seek(0)
-        printed = held.read().decode(errors="replace")
-        held.close()
-    if refused is None:
-        sys.stderr.write(printed)
-        return
-    ray.shutdown()
-    if any(word in printed for word in REFUSED_TOKEN):
-        raise ExecutorError(f"the Ray cluster at --address {address} refused this driver's token; it runs with token "
-                            "authentication: set RAY_AUTH_MODE=token, with the head's token in RAY_AUTH_TOKEN or "
-                            "~/.ray/auth_token (see `ray get-auth-token`)") from None
-    raise refused
+        child = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True, text=True,
+                               timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ExecutorError(f"no Ray cluster answers at --address {address} (a server there speaks gRPC, but no "
+                            f"Ray driver could join it within {timeout:.0f} s); start one there (ray start --head) "
+                            "or give the address of a live one") from None
+    if child.returncode != 0:
+        if any(word in child.stderr for word in REFUSED_TOKEN):
+            raise ExecutorError(f"the Ray cluster at --address {address} refused this driver's token; it runs with "
+                                "token authentication: set RAY_AUTH_MODE=token, with the head's token in "
+                                "RAY_AUTH_TOKEN or ~/.ray/auth_token (see `ray get-auth-token`)")
+        last = child.stderr.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+        raise ExecutorError(f"Ray could not join the cluster at --address {address}: {one_line(last[0], 300)}")
+    ray.init(address=address, log_to_driver=False)
 
 class RayExecutor:
     """Each run a Ray task asking for `cpus_per_run` CPUs and, where the cluster has GPUs and the

@@ -275,10 +275,8 @@ def test_a_cifar_pickle_that_would_run_code_or_is_garbage_is_refused_and_runs_no
 
 
 # --------------------------------------------------------------------------- item 2: an unreachable Ray address
-@pytest.fixture
-def silent_port():
-    """The port of a server that accepts every connection and never says a word (a hung service,
-    or a port of something other than Ray): ray.init waits there for ever."""
+def listening_port(greeting: bytes):
+    """A server that accepts every connection, sends `greeting` and says nothing more; its port."""
     server = socket.socket()
     server.bind(("0.0.0.0", 0))
     server.listen(16)
@@ -287,7 +285,9 @@ def silent_port():
     def accept():
         while True:
             try:
-                held.append(server.accept()[0])
+                conn = server.accept()[0]
+                held.append(conn)
+                conn.sendall(greeting)
             except OSError:  # the server closed at the end of the test
                 return
     threading.Thread(target=accept, daemon=True).start()
@@ -295,6 +295,20 @@ def silent_port():
     server.close()
     for conn in held:
         conn.close()
+
+
+@pytest.fixture
+def silent_port():
+    """The port of a server that never says a word (a hung service, or a port of something other
+    than Ray): ray.init waits there for ever."""
+    yield from listening_port(b"")
+
+
+@pytest.fixture
+def grpc_port():
+    """The port of a server that opens as every gRPC server does (an HTTP/2 SETTINGS frame), so the
+    probe takes it, and then says nothing: ray.init waits there for ever too."""
+    yield from listening_port(bytes.fromhex("000000040000000000"))
 
 
 def free_port() -> int:
@@ -305,13 +319,15 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("fault, reason", [("nothing listening", "Connection refused"),
-                                           ("a silent server", "it accepted the connection but said nothing")])
+                                           ("a silent server", "it accepted the connection but said nothing"),
+                                           ("a gRPC server, not Ray", "no Ray driver could join it")])
 def test_a_ray_address_where_no_cluster_answers_fails_in_one_line_within_the_stated_time(tmp_path, request, fault,
                                                                                           reason):
     pytest.importorskip("ray")
     from lucir.ray_executor import RAY_CONNECT_TIMEOUT_S
     from smoke_study import run_study
-    port = free_port() if fault == "nothing listening" else request.getfixturevalue("silent_port")
+    port = free_port() if fault == "nothing listening" else request.getfixturevalue(
+        "silent_port" if fault == "a silent server" else "grpc_port")
     address = f"127.0.0.1:{port}"
     started = time.time()
     proc = run_study("--profile", "smoke", "--executor", "ray", "--address", address, "--results",
