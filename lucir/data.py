@@ -409,11 +409,12 @@ def default_data_root() -> Path:
 
 
 def data_root(config: Config) -> Path:
-    """The data folder: config.data_dir, else $LUCIR_DATA, else default_data_root()."""
+    """The data folder: config.data_dir, else $LUCIR_DATA (made absolute where it is read, so that
+    provenance names the folder itself), else default_data_root()."""
     if config.data_dir:
         return Path(config.data_dir).expanduser()
     if os.environ.get("LUCIR_DATA"):
-        return Path(os.environ["LUCIR_DATA"]).expanduser()
+        return Path(os.environ["LUCIR_DATA"]).expanduser().resolve()
     return default_data_root()
 
 

@@ -18,6 +18,8 @@ from .figures import FIGURES
 
 NOTEBOOKS_DIR = provenance.REPO_ROOT / "notebooks"
 STUDIES_DIR = provenance.REPO_ROOT / "studies"
+# notebook parameters that are not their plan's arguments
+NOT_PLANNED = ("setting", "results_dir", "profile")
 TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
 
 class StudyError(Exception):
@@ -66,6 +68,19 @@ def load_profile(name_or_path: str) -> tuple[str, Path, dict]:
     if not isinstance(content.get("notebooks"), dict) or not content["notebooks"]:
         raise StudyError(f"profile {path}: 'notebooks' must map notebook names to lists of parameter sets")
     return path.stem, path, content
+
+
+def shared(profile: str) -> dict:
+    """The config fields a profile (a name in studies/ or a .yaml path) applies to every run: what a
+    notebook's `config_overrides` go over (its `profile` parameter; the study passes its own)."""
+    return dict(load_profile(profile)[2].get("shared") or {})
+
+
+def profile_parameter(name: str, path: Path) -> str:
+    """How the notebooks' `profile` parameter names a profile of load_profile: its name when it is
+    studies/<name>.yaml, else its file's absolute path (kernels start in notebooks/)."""
+    path = Path(path).resolve()
+    return name if path == (STUDIES_DIR / f"{name}.yaml").resolve() else str(path)
 
 
 def notebook_parameters(notebook: str) -> dict:
@@ -159,9 +174,11 @@ def run_selected(planned, config, select: dict) -> bool:
 
 
 def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtime: dict,
-                select: dict | None = None, left_out: list | None = None) -> list[Pair]:
+                select: dict | None = None, left_out: list | None = None, profile: str | None = None) -> list[Pair]:
     """Every (notebook, parameter set) of the profile, checked against the notebook's parameters
     and with its plan of runs validated (a bad config value fails here, before any training).
+    Each gets the whole config in `config_overrides` (the profile's shared fields, its own, then
+    `runtime`) and, given, `profile` (profile_parameter) for the notebook's parameter of that name.
     With a selection (parse_selection), each parameter set is narrowed to it (narrow_parameters)
     and kept only if every run its notebook would train lies inside it; `left_out` receives
     (pair key, reason) for the others."""
@@ -207,7 +224,8 @@ def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtim
             # every parameter is injected, defaults included, so the executed notebook and the
             # done marker record exactly what ran
             params = {name: default for name, (_, default) in known.items()} | entry | {
-                "setting": setting, "results_dir": str(results_dir), "config_overrides": overrides}
+                "setting": setting, "results_dir": str(results_dir), "config_overrides": overrides} | (
+                {"profile": profile} if profile and "profile" in known else {})
             key = f"{notebook}__{setting}"
             if ("notebook" in select and notebook not in select["notebook"]) or (
                     "setting" in select and setting not in select["setting"]):
@@ -219,7 +237,7 @@ def build_pairs(content: dict, results_dir: Path, only: list[str] | None, runtim
                 if emptied:
                     left_out.append((key, f"no {emptied[0]} left in the selection"))
                     continue
-            plan_args = {k: v for k, v in params.items() if k not in ("setting", "results_dir")}
+            plan_args = {k: v for k, v in params.items() if k not in NOT_PLANNED}
             try:
                 plan = FIGURES[notebook].plan(**plan_args)
                 configs = [run.config() for run in plan]

@@ -3,11 +3,13 @@
 (results_dir/tables/<experiment>/<setting>.csv) and the runs' own files; nothing is re-run.
 Each section displays markdown, figures and tables in order; a missing experiment is "not run".
 What a figure's section shows below its claim is the figure's own (lucir.figures).
+build_report executes the report notebook and turns it into report.html, with the files beside it.
 """
 from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -433,6 +435,29 @@ def provenance_section(results_dir) -> None:
 
 
 # --------------------------------------------------------------------------- files beside report.html
+REPORT = "report"  # the report's notebook, notebooks/report.ipynb
+
+
+def build_report(results_dir: Path, reports_dir: Path, env: dict) -> Path:
+    """Execute notebooks/report.ipynb on the results (in a kernel started with `env`,
+    lucir.notebook_runner.kernel_env), convert it to one HTML file, <reports>/report.html (code
+    hidden, figures embedded, no script from the network), and write the files beside it (export)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from .notebook_runner import execute
+    executed = Path(reports_dir) / "executed" / f"{REPORT}.ipynb"
+    execute(REPORT, executed, {"results_dir": str(results_dir)}, env)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    body = re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', "", body)  # self-contained, offline
+    html = Path(reports_dir) / "report.html"
+    res.atomic_write(html, lambda p: Path(p).write_text(body, encoding="utf-8"))
+    export(results_dir, reports_dir)
+    return html
+
+
 def export(results_dir, reports_dir) -> list[Path]:
     """What a reader of the repository sees without running anything, next to report.html:
     tables/<experiment>__<setting>.csv (the tidy tables the report was built from, as written by

@@ -22,175 +22,51 @@ report. Where the profile has a committed report, the study ends with a verdict 
 this run beside it, cell by cell, printed before the report's path, in verdict.md and at the top
 of report.html.
 Bad input (unknown profile, notebook or parameter) is one line on stderr and exit status 2.
+This module is the command line and that flow; the pieces are lucir.profiles (the pairs),
+lucir.study_data (the data check), lucir.plan_text (--dry-run), lucir.scheduler (the runs),
+lucir.notebook_runner (papermill, done markers) and lucir.report.build_report (report.html).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
-import os
-import re
 import sys
-import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import experiments, provenance, scheduler
+from . import provenance, scheduler
 from . import results as res
 from .config import ConfigError, one_line
-from .profiles import (NOTEBOOKS_DIR, SELECT_KEYS, Pair, StudyError, _n, available_profiles,
-                       build_pairs, load_profile, parse_selection)
+from .notebook_runner import error_text, execute_pair, is_done, kernel_env, marker_seconds
+from .plan_text import print_plan
+from .profiles import (SELECT_KEYS, StudyError, available_profiles, build_pairs, load_profile, parse_selection,
+                       profile_parameter)
+from .study_data import data_provenance, preflight_data
 
 REPO_ROOT = provenance.REPO_ROOT
-REPORT = "report"
-# The kernels' own log (e.g. ipykernel's warning about TCP transport) would break the progress bar.
-# CRITICAL, not ERROR: jupyter_client interrupts every kernel before shutting it down (8.x,
-# KernelManager._async_shutdown_kernel), and a kernel handling a message then logs "ERROR |
-# KeyboardInterrupt caught in kernel." after a notebook that succeeded. A cell's error reaches the
-# study through papermill, not through this log.
-QUIET_KERNEL = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
 
 
-# --------------------------------------------------------------------------- done markers
-def parameters_hash(params: dict) -> str:
-    """Hash of what a pair computes: its parameters without where results go or runtime fields."""
-    p = {k: v for k, v in params.items() if k != "results_dir"}
-    p["config_overrides"] = {k: v for k, v in p.get("config_overrides", {}).items() if k not in res.RUNTIME_FIELDS}
-    return hashlib.sha256(json.dumps(p, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def marker_path(results_dir: Path, pair: Pair) -> Path:
-    return results_dir / "study" / "done" / f"{pair.key}.json"
-
-
-def is_done(results_dir: Path, pair: Pair) -> bool:
-    """Complete: the marker matches the parameters, and the table and every run behind it exist."""
-    try:
-        marker = json.loads(marker_path(results_dir, pair).read_text())
-    except (OSError, ValueError):
-        return False
-    table = experiments.table_path(results_dir, pair.notebook, pair.setting)
-    runs = [experiments.run_dir(run.config(), results_dir) for run in pair.plan]
-    return (marker.get("parameters_hash") == parameters_hash(pair.parameters) and table.exists()
-            and all(res.is_complete(r) for r in runs))
-
-
-def _marker_seconds(results_dir: Path, pair: Pair) -> float | None:
-    """How long the pair took when it ran (from its done marker), for the report."""
-    try:
-        return json.loads(marker_path(results_dir, pair).read_text()).get("seconds")
-    except (OSError, ValueError):
-        return None
-
-
-# --------------------------------------------------------------------------- execution
-def execute_pair(pair: Pair, results_dir: Path, reports_dir: Path) -> dict:
-    """Run one notebook with papermill; write its done marker only after success."""
-    import papermill as pm
-    out = reports_dir / "executed" / f"{pair.key}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tic = time.time()
-    try:
-        pm.execute_notebook(str(NOTEBOOKS_DIR / f"{pair.notebook}.ipynb"), str(out), parameters=pair.parameters,
-                            kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS_DIR), **QUIET_KERNEL)
-    except Exception as e:  # noqa: BLE001  (a failing notebook must not stop the study)
-        error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}"
-        return {"key": pair.key, "notebook": pair.notebook, "setting": pair.setting, "status": "failed",
-                "error": one_line(error), "seconds": time.time() - tic, "executed": str(out)}
-    seconds = time.time() - tic
-    res.write_json(marker_path(results_dir, pair), {
-        "notebook": pair.notebook, "setting": pair.setting, "parameters": pair.parameters,
-        "parameters_hash": parameters_hash(pair.parameters), "seconds": seconds, "finished": provenance.now(),
-        "executed": str(out)})
-    return {"key": pair.key, "notebook": pair.notebook, "setting": pair.setting, "status": "done",
-            "seconds": seconds, "executed": str(out)}
-
-
-def data_provenance(pairs: list[Pair]) -> list[dict]:
-    """Where the data of every real dataset the study uses is, in which format, with checksums
-    (the array format's SHA256SUMS, checked; sha256 of torchvision's CIFAR-100 files), or, for
-    CIFAR-100 missing from the default data folder, that it will be downloaded there."""
-    from . import data as data_mod
-    out, seen = [], set()
-    for pair in pairs:
-        for planned in pair.plan[:1]:
-            c = planned.config()
-            if c.dataset == "synthetic" or c.dataset in seen:
-                continue
-            seen.add(c.dataset)
-            root = data_mod.data_root(c)
-            folder = data_mod.find_data_folder(root, c.dataset)
-            entry = {"dataset": c.dataset, "folder": str(folder or root), "found": folder is not None,
-                     "format": None, "download": False, "files": []}
-            if folder is not None and c.dataset == "cifar100" and not (folder / "labels.npz").exists():
-                tv = folder / data_mod.CIFAR100_TORCHVISION
-                entry["format"] = "torchvision"
-                entry["files"] = [{"file": f"{tv.name}/{name}", "sha256": provenance.sha256(tv / name),
-                                   "expected": None, "ok": None} for name in ("train", "test", "meta")]
-            elif folder is not None:
-                entry["format"] = "array" if c.dataset in ("cifar100", "tiny_imagenet") else "folders"
-                entry["files"] = provenance.data_checksums(folder)
-            elif c.dataset == "cifar100" and root == data_mod.default_data_root():
-                entry["download"] = True
-            out.append(entry)
-    return out
-
-
-def data_plan_lines(data: list[dict]) -> list[str]:
-    """One line per dataset: where it is and in which format, or what will be downloaded."""
-    from .data import CIFAR100_DOWNLOAD, CIFAR100_TORCHVISION
-    lines = []
-    for d in data:
-        if d["found"]:
-            lines.append(f"{d['dataset']}: {d['format']} format in {d['folder']}")
-        elif d["download"]:
-            lines.append(f"{d['dataset']}: not in {d['folder']}; downloaded there through torchvision into "
-                         f"{CIFAR100_TORCHVISION}/ before the runs start ({CIFAR100_DOWNLOAD})")
-        else:
-            lines.append(f"{d['dataset']}: NOT FOUND under {d['folder']}")
-    return lines
-
-
-def preflight_data(data: list[dict]) -> None:
-    """Stop with one line when data is missing or fails its checksums; download CIFAR-100 into
-    the default data folder when it is missing there (once, before any run starts)."""
-    from .data import DataError, download_cifar100
-    for d in data:
-        if d["download"]:
-            try:
-                download_cifar100(Path(d["folder"]))
-            except DataError as e:
-                raise StudyError(str(e)) from None
-            continue
-        if not d["found"]:
-            raise StudyError(f"{d['dataset']} data not found under '{d['folder']}'; point at it with "
-                             f"LUCIR_DATA=/path (or data_dir in the profile's shared overrides)")
-        bad = [f["file"] for f in d["files"] if f["ok"] is False]
-        if bad:
-            raise StudyError(f"{d['dataset']} data in '{d['folder']}' fails its SHA256SUMS check: {', '.join(bad)}")
-
-
-def build_report(results_dir: Path, reports_dir: Path) -> Path:
-    """Execute notebooks/report.ipynb on the results and convert it to one HTML file."""
-    import nbformat
-    import papermill as pm
-    from nbconvert import HTMLExporter
-    executed = reports_dir / "executed" / f"{REPORT}.ipynb"
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS_DIR / f"{REPORT}.ipynb"), str(executed),
-                        parameters={"results_dir": str(results_dir)}, kernel_name="python3", progress_bar=False,
-                        cwd=str(NOTEBOOKS_DIR), **QUIET_KERNEL)
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    body = re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', "", body)  # self-contained, offline
-    html = reports_dir / "report.html"
-    res.atomic_write(html, lambda p: Path(p).write_text(body, encoding="utf-8"))
-    from .report import export
-    export(results_dir, reports_dir)
-    return html
+@dataclass(frozen=True)
+class StudyOptions:
+    """How a study runs: the command line's options (build_parser), with its defaults."""
+    results: str | None = None     # runs/, tables/ and study/ go here (default results/<profile>)
+    reports: str | None = None     # the report goes here (default <results>/report)
+    only: list | None = None       # the notebooks to run (default: every notebook of the profile)
+    select: dict | None = None     # a cut of the profile (parse_selection)
+    dry_run: bool = False          # print the plan (lucir.plan_text) and train nothing
+    rate: float | None = None      # the dry run's training rate instead of the assumed one
+    executor: str = "local"        # local, ray or slurm
+    jobs: int | None = None        # runs at once; None: auto (scheduler.local_slots; Slurm: no limit)
+    runs_per_gpu: int = 1
+    address: str | None = None     # the Ray cluster to join (default: start a local one)
+    cpus_per_run: int = 1          # Ray and Slurm: CPUs each run asks for
+    slurm: dict | None = None      # SlurmOptions fields, over the profile's `slurm:` mapping
+    device: str | None = None      # config device of every run
+    cache_dir: str | None = None   # the base-phase cache
+    progress: bool = True          # the progress bar
 
 
 def merge_study(path: Path, record: dict) -> None:
@@ -213,78 +89,6 @@ def repo_relative(path) -> str:
         return str(path.relative_to(REPO_ROOT.resolve()))
     except ValueError:
         return str(path)
-
-
-def _count(work: float) -> str:
-    return f"{work / 1e9:.2f}G" if work >= 1e9 else f"{work / 1e6:.1f}M" if work >= 1e6 else f"{work / 1e3:.0f}k"
-
-
-def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, executor, jobs, runs_per_gpu, rate) -> None:
-    """The dry run: notebooks kept and left out, data, each run in the order it starts with its
-    cost (image-steps, run_cost) and the base phase it shares, and the projected time on the chosen
-    device from the cost model at the rate it assumes (lucir/rates.json, or --rate)."""
-    import torch
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kind = "cpu" if kind == "auto" else kind
-    note = ""
-    if executor == "local" and kind.startswith("cuda") and not torch.cuda.is_available():
-        slots, sharing, note = min(jobs or runs_per_gpu, runs_per_gpu), runs_per_gpu, " (no GPU here: 1 GPU assumed)"
-    elif executor == "local":
-        slots = len(scheduler.local_slots(device, jobs, runs_per_gpu))
-        sharing = runs_per_gpu if kind.startswith("cuda") else slots
-    else:  # ray: the cluster decides; the projection is for one run at a time
-        slots, sharing, note = 1, 1, " (Ray: one at a time assumed)"
-    sharing = max(1, min(sharing, len(tasks)))
-    rates = {}
-
-    def rate_of(task):
-        model = task.config.resolved_model
-        rates[model] = (rate, "given with --rate") if rate else scheduler.assumed_rate(kind, model)
-        return rates[model][0] / sharing
-
-    print(f"study '{name}', dry run (nothing is trained): {_n(len(pairs), 'notebook run')} "
-          f"({len(pairs) - len(todo)} complete earlier); {_n(len(tasks), 'run')} to train, {len(earlier)} complete earlier")
-    for pair in pairs:
-        print(f"  notebook {pair.key}: {_n(len(pair.plan), 'run')}")
-    for key, why in left_out:
-        print(f"  left out: {key} ({why})")
-    for line in data_plan_lines(data):
-        print(f"data: {line}")
-    if not tasks:
-        return
-    schedule = scheduler.project(tasks, slots, rate_of)
-    ordered = scheduler.order_runs(tasks)
-    costs = dict(zip((t.name for t in ordered), scheduler.costs_with_shared_bases(ordered)))
-    bases = {}
-    for t, _, _ in schedule:
-        if t.base is not None:
-            bases.setdefault(t.base, []).append(t.name)
-    letters = {b: chr(ord("A") + k) if k < 26 else f"B{k}" for k, b in enumerate(bases)}
-    print(f"runs in the order they start ({slots} at once on {kind}{note} with --executor {executor}; a run that reuses a "
-          f"base phase starts once it is cached):")
-    width = max(34, *(len(t.name) for t, _, _ in schedule))
-    print(f"  {'#':>3}  {'run':<{width}} {'order':>5}  {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} "
-          f"{'time':>9}")
-    for k, (t, start, end) in enumerate(schedule, 1):
-        if t.base is None:
-            base = "own, not cached"
-        elif Path(t.base).exists():
-            base = f"{letters[t.base]}: cached, loaded"
-        elif bases[t.base][0] == t.name:
-            base = f"{letters[t.base]}: trains it ({_n(len(bases[t.base]), 'run')})"
-        else:
-            base = f"{letters[t.base]}: reuses it"
-        # order: the class order (run k of the authors' code, lucir.data.class_order; 0 is the paper's)
-        print(f"  {k:>3}  {t.name:<{width}} {t.config.class_order_run:>5}  {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  "
-              f"{base:<22} "
-              f"{scheduler.duration(start):>9} {scheduler.duration(end - start):>9}")
-    total = sum(sum(c) for c in costs.values())
-    device_seconds = sum(sum(costs[t.name]) / rates[t.config.resolved_model][0] for t, _, _ in schedule)
-    print(f"total: {_count(total)} image-steps; {scheduler.duration(device_seconds)} of {kind} time; projected wall time "
-          f"{scheduler.duration(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
-          f"a device's rate shared by the runs on it; data loading and notebooks not counted)")
-    for model, (r, source) in sorted(rates.items()):
-        print(f"rate assumed for {model} on {kind}: {r:,.0f} image-steps/s ({source})")
 
 
 def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu: int, address: str | None,
@@ -325,54 +129,39 @@ def gpu_profile_on_cpu(name: str, content: dict, pairs: list, results_dir: Path,
             f"{f' ({why})' if why else ''}: {scheduler.cpu_instead_of_gpu(runs)}")
 
 
-def kernels_import_this_package() -> None:
-    """The notebooks' kernels (started with this process's environment) import the lucir that this
-    runner imported, not whichever copy `pip install -e` last pointed at (another clone, say)."""
-    root = str(Path(__file__).resolve().parents[1])
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
-
-
-def run_study(profile: str, results: str | None = None, reports: str | None = None, only: list[str] | None = None,
-              jobs: int | None = None, device: str | None = None, cache_dir: str | None = None, progress: bool = True,
-              executor: str = "local", runs_per_gpu: int = 1, address: str | None = None,
-              cpus_per_run: int = 1, select: dict | None = None, dry_run: bool = False,
-              rate: float | None = None, slurm: dict | None = None) -> int:
-    """The whole study; returns the exit status (0, or 1 when a run or a notebook failed).
-    `jobs` None is 'auto' (see scheduler.local_slots; with Slurm, no limit on the jobs at once).
-    `select` (parse_selection) cuts the profile down; `dry_run` prints the plan (print_plan) and
-    trains nothing. `slurm`: SlurmOptions fields, over the profile's `slurm:` mapping."""
+def run_study(profile: str, options: StudyOptions | None = None) -> int:
+    """The whole study of a profile (a name in studies/ or a .yaml path): plan, execute, render;
+    returns the exit status (0, or 1 when a run or a notebook failed)."""
+    o = options or StudyOptions()
+    executor, device, jobs, runs_per_gpu, address, cpus_per_run, slurm = (
+        o.executor, o.device, o.jobs, o.runs_per_gpu, o.address, o.cpus_per_run, o.slurm)
+    env = kernel_env()  # here, before papermill changes the working folder of this process
     name, path, content = load_profile(profile)
-    results_dir = Path(results or Path("results") / name).resolve()
+    results_dir = Path(o.results or Path("results") / name).resolve()
     # The user's report sits with their results (ignored by git); reports/<profile>/ is the committed
     # reference, re-rendered only when asked for with --reports.
-    reports_dir = Path(reports).resolve() if reports else results_dir / "report"
-    # Kernels run in notebooks/: relative data and cache folders must mean what they mean here.
-    for var in ("LUCIR_DATA", "LUCIR_CACHE"):
-        if os.environ.get(var):
-            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
-    kernels_import_this_package()
-    cache_dir = str(Path(cache_dir).expanduser().resolve()) if cache_dir else None
+    reports_dir = Path(o.reports).resolve() if o.reports else results_dir / "report"
+    cache_dir = str(Path(o.cache_dir).expanduser().resolve()) if o.cache_dir else None
     runtime = {"progress": False} | ({"device": device} if device else {}) | (
         {"cache_dir": cache_dir} if cache_dir else {})
-    if device and not dry_run:  # a dry run may plan for a device this machine lacks
+    if device and not o.dry_run:  # a dry run may plan for a device this machine lacks
         from .trainer import resolve_device
         try:
             resolve_device(device)
         except ConfigError as e:
             raise StudyError(f"--device: {e}") from None
     left_out: list = []
-    pairs = build_pairs(content, results_dir, only, runtime, select, left_out)
+    pairs = build_pairs(content, results_dir, o.only, runtime, o.select, left_out, profile_parameter(name, path))
     if not pairs:
         raise StudyError(f"the selection leaves nothing to run in profile '{name}' "
                          f"({'; '.join(f'{k}: {why}' for k, why in left_out[:3])})")
     if note := gpu_profile_on_cpu(name, content, pairs, results_dir, device, executor):
         print(f"warning: {note}", file=sys.stderr)
     data = data_provenance(pairs)
-    if dry_run:
+    if o.dry_run:
         todo = [p for p in pairs if not is_done(results_dir, p)]
         tasks, earlier = scheduler.collect_runs(todo, results_dir)
-        print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, executor, jobs, runs_per_gpu, rate)
+        print_plan(name, pairs, todo, left_out, tasks, earlier, data, o)
         return 0
     preflight_data(data)
     if any(d["download"] for d in data):
@@ -381,7 +170,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     todo = [p for p in pairs if not is_done(results_dir, p)]
     tasks, earlier = scheduler.collect_runs(todo, results_dir)
     records = {p.key: {"key": p.key, "notebook": p.notebook, "setting": p.setting, "status": "complete earlier",
-                       "parameters": p.parameters, "seconds": _marker_seconds(results_dir, p)} for p in pairs}
+                       "parameters": p.parameters, "seconds": marker_seconds(results_dir, p)} for p in pairs}
     run_records = {t.name: {"name": t.name, "label": t.label, "needed_by": t.needed_by, "status": status}
                    for status, group in (("complete earlier", earlier), ("not started", tasks)) for t in group}
     for pair in todo:
@@ -391,8 +180,8 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     def write_study(finished=None):
         merge_study(study_file, {
             "profile": name, "profile_path": repo_relative(path), "description": content.get("description", ""),
-            "shared": content.get("shared") or {}, "notebooks": content["notebooks"], "only": only,
-            "select": {k: sorted(v) for k, v in (select or {}).items()},
+            "shared": content.get("shared") or {}, "notebooks": content["notebooks"], "only": o.only,
+            "select": {k: sorted(v) for k, v in (o.select or {}).items()},
             "executor": executor, "jobs": jobs or "auto", "runtime": runtime, "started": started,
             "finished": finished, "pairs": list(records.values()), "runs": list(run_records.values()),
             "provenance": provenance.collect() | {"data": data}})
@@ -408,7 +197,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     complete = len(scheduler.collect_runs(pairs, results_dir)[1]) if len(todo) < len(pairs) else len(earlier)
     print(f"{len(tasks)} runs to train ({complete} complete earlier; {bases} distinct cached base phases)"
           + (f"; {runner.describe()}" if runner else ""), file=sys.stderr)
-    bar = scheduler.Progress(tasks, len(todo), f"study {name}", enabled=progress)
+    bar = scheduler.Progress(tasks, len(todo), f"study {name}", enabled=o.progress)
     bar.update(postfix=f"0/{len(tasks)} runs")
     failures, failed_runs, finished = [], {}, 0
     try:
@@ -433,7 +222,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
         runnable = [p for p in todo if p.key not in blocked]
         bar.update(postfix=f"0/{len(runnable)} notebooks")
         with ThreadPoolExecutor(max_workers=max(1, min(4, scheduler.cpu_threads(), len(runnable)))) as pool:
-            futures = [pool.submit(execute_pair, pair, results_dir, reports_dir) for pair in runnable]
+            futures = [pool.submit(execute_pair, pair, results_dir, reports_dir, env) for pair in runnable]
             for future in as_completed(futures):
                 result = future.result()
                 records[result["key"]].update(result)
@@ -446,12 +235,13 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
                 write_study()
         bar.update(postfix="report")
         write_study(finished=provenance.now())
+        from .report import REPORT, build_report
         # One report at a time per results folder: the last one built sees every invocation's notebooks.
         with res.locked(results_dir / "study" / ".report.lock"):
             try:
-                html, report_error = build_report(results_dir, reports_dir), None
+                html, report_error = build_report(results_dir, reports_dir, env), None
             except Exception as e:  # noqa: BLE001  (still list the failures below)
-                html, report_error = None, f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}"
+                html, report_error = None, error_text(e)
         bar.notebook_finished()
     finally:
         bar.close()
@@ -584,10 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --rate must be positive", file=sys.stderr)
         return 2
     try:
-        return run_study(args.profile, args.results, args.reports, only, jobs, args.device, args.cache_dir,
-                         progress=not args.no_progress, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
-                         address=args.address, cpus_per_run=args.cpus_per_run, select=parse_selection(args.select),
-                         dry_run=args.dry_run, rate=args.rate, slurm=slurm)
+        return run_study(args.profile, StudyOptions(
+            results=args.results, reports=args.reports, only=only, select=parse_selection(args.select),
+            dry_run=args.dry_run, rate=args.rate, executor=args.executor, jobs=jobs, runs_per_gpu=args.runs_per_gpu,
+            address=args.address, cpus_per_run=args.cpus_per_run, slurm=slurm, device=args.device,
+            cache_dir=args.cache_dir, progress=not args.no_progress))
     except (StudyError, scheduler.ExecutorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

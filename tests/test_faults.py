@@ -553,10 +553,10 @@ def test_a_kernel_logging_keyboard_interrupt_at_shutdown_prints_nothing_under_th
     handler then logs "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." on the stderr the
     study shares with it, after a notebook that succeeded. That race is rare on a given machine, so
     the kernel logs that line through the same logger itself: without the study's kernel options
-    it reaches stderr, with them (lucir.study.QUIET_KERNEL) it does not."""
+    it reaches stderr, with them (lucir.notebook_runner.QUIET_KERNEL) it does not."""
     import nbformat
     import papermill as pm
-    from lucir.study import QUIET_KERNEL
+    from lucir.notebook_runner import QUIET_KERNEL
     notebook = tmp_path / "logs.ipynb"
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("get_ipython().kernel.log.error('KeyboardInterrupt caught in kernel.')")]

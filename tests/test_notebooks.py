@@ -109,18 +109,22 @@ def test_parameters_cell_is_typed_commented_literals_that_papermill_reads(path):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_default_parameters_are_the_quick_profile(name, tmp_path):
     """Run All in JupyterLab with the defaults runs the quick setting on real CIFAR-100: it finishes
-    on a CPU and, after the README's main command, loads that study's runs instead of retraining."""
-    from lucir import study
+    on a CPU and, after the README's main command, loads that study's runs instead of retraining.
+    The config is not copied into the notebook: it comes from studies/quick.yaml (`profile`), as
+    the notebook reads it (profiles.shared under config_overrides)."""
+    from lucir import profiles
     inspected = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
     defaults = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
-    _, _, quick = study.load_profile("quick")
-    [pair] = study.build_pairs(quick, tmp_path, [name], {})
+    assert defaults["profile"] == "quick" and defaults["config_overrides"] == {}, "no config copied"
+    defaults["config_overrides"] = profiles.shared(defaults["profile"]) | defaults["config_overrides"]
+    _, path, quick = profiles.load_profile("quick")
+    [pair] = profiles.build_pairs(quick, tmp_path, [name], {}, profile=profiles.profile_parameter("quick", path))
     assert defaults == pair.parameters | {"results_dir": "results/quick"}
-    plan_args = {k: v for k, v in defaults.items() if k not in ("setting", "results_dir")}
+    plan_args = {k: v for k, v in defaults.items() if k not in profiles.NOT_PLANNED}
     plan = FIGURES[name].plan(**plan_args)
     assert {experiments.run_name(r.config()) for r in plan} == {experiments.run_name(r.config()) for r in pair.plan}
-    # and {} is the paper's CIFAR-100 setting
-    paper = plan_args | {"config_overrides": {}}
+    # and the paper profile (its shared config: none) is the paper's CIFAR-100 setting
+    paper = plan_args | {"config_overrides": profiles.shared("paper")}
     if name == "exemplar_count":
         paper["memory_per_class"] = [5, 10, 20]
     configs = [r.config() for r in FIGURES[name].plan(**paper)]

@@ -21,8 +21,8 @@ import torch
 from conftest import TINY, comparable
 from lucir import results as res
 from lucir import run_incremental, scheduler
-from lucir import study as study_mod
 from lucir.experiments import PlannedRun
+from lucir.profiles import Pair
 from smoke_study import REPO
 
 # Long enough phases to be killed inside: 4 epochs with two lr steps, so a resumed loop must
@@ -180,7 +180,7 @@ def killed_in_phase_1(task, slot) -> dict:
 def test_run_killed_under_the_local_executor_resumes_when_the_study_runs_again(tmp_path):
     values = dict(LONG, cache_dir=str(tmp_path / "cache"))
     direct = run_incremental(_config("lucir", values, tmp_path / "cache_direct"), tmp_path / "direct")
-    pair = study_mod.Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
+    pair = Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
     tasks, _ = scheduler.collect_runs([pair], tmp_path / "results")
     slots = scheduler.local_slots("cpu", 1)
     first = scheduler.execute(tasks, scheduler.LocalExecutor(slots, work=killed_in_phase_1), poll=0.05)

@@ -21,6 +21,7 @@ from lucir import results as res
 from lucir import ray_executor, run_incremental, scheduler
 from lucir import study as study_mod
 from lucir.experiments import PlannedRun
+from lucir.profiles import Pair
 from lucir.trainer import base_cache_path
 from smoke_study import REPO, run_study, smoke_study
 
@@ -255,7 +256,7 @@ def test_scheduled_runs_give_the_numbers_of_a_direct_run(tmp_path, jobs):
         direct[(planned.method, planned.config().seed)] = run_incremental(planned.config(), out)
     scheduled_plan = [PlannedRun(p.method, p.preset, dict(p.overrides, cache_dir=str(tmp_path / "cache_sched")))
                       for p in plan]
-    pair = study_mod.Pair("main_curves", "x", {}, scheduled_plan)
+    pair = Pair("main_curves", "x", {}, scheduled_plan)
     tasks, earlier = scheduler.collect_runs([pair, pair], tmp_path / "results")
     assert len(tasks) == 3 and not earlier and all(t.needed_by == ["main_curves__x"] for t in tasks)
     slots = scheduler.local_slots("cpu", jobs)
@@ -413,7 +414,7 @@ def test_ray_task_killed_after_its_first_phase_resumes_and_keeps_that_phase(tmp_
     values = dict(TINY, train_per_class=48, epochs=20, lr_milestones=(10,), cache_base=False,
                   cache_dir=str(tmp_path / "cache"))
     direct = run_incremental(PlannedRun("LUCIR", "lucir", values).config(), tmp_path / "direct")
-    pair = study_mod.Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
+    pair = Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
     tasks, _ = scheduler.collect_runs([pair], tmp_path / "results")
     folder, killed = Path(tasks[0].folder), []
     executor = ray_executor.RayExecutor(device="cpu", num_cpus=1)
@@ -442,7 +443,7 @@ def test_ray_trains_a_shared_base_phase_once_and_hands_it_on_as_soon_as_it_is_tr
     planned = [PlannedRun("LUCIR", "lucir", dict(common, phases=p)) for p in (2, 1)]
     direct = {p.config().phases: run_incremental(replace(p.config(), cache_dir=str(tmp_path / "direct_cache")),
                                                  tmp_path / "direct" / str(p.config().phases)) for p in planned}
-    tasks, _ = scheduler.collect_runs([study_mod.Pair("main_curves", "x", {}, planned)], tmp_path / "results")
+    tasks, _ = scheduler.collect_runs([Pair("main_curves", "x", {}, planned)], tmp_path / "results")
     assert len({t.base for t in tasks}) == 1 and not Path(tasks[0].base).exists()
     leader, follower = scheduler.order_runs(tasks)
     results = scheduler.execute(tasks, ray_executor.RayExecutor(device="cpu", num_cpus=2), poll=0.2)

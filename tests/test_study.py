@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lucir import published
-from lucir import scheduler
+from lucir import notebook_runner, published, scheduler, study_data
 from lucir import study as study_mod
 from smoke_study import EXPERIMENTS, REPO, fresh_clone, run_study, smoke_study
 
@@ -265,8 +264,10 @@ def test_marker_hash_ignores_where_and_how_a_pair_runs():
     a = {"setting": "s", "phases": [1], "results_dir": "/a", "config_overrides": {"epochs": 2, "device": "cpu"}}
     b = {"setting": "s", "phases": [1], "results_dir": "/b", "config_overrides": {"epochs": 2, "device": "cuda",
                                                                                   "progress": False}}
-    assert study_mod.parameters_hash(a) == study_mod.parameters_hash(b)
-    assert study_mod.parameters_hash(a) != study_mod.parameters_hash({**a, "config_overrides": {"epochs": 3}})
+    assert notebook_runner.parameters_hash(a) == notebook_runner.parameters_hash(b)
+    assert notebook_runner.parameters_hash(a) != notebook_runner.parameters_hash({**a, "config_overrides": {"epochs": 3}})
+    # the profile's name: its shared config is in config_overrides already
+    assert notebook_runner.parameters_hash(a) == notebook_runner.parameters_hash({**a, "profile": "smoke"})
 
 
 def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
@@ -449,23 +450,23 @@ def test_study_data_check_says_what_it_downloads_and_downloads_once(tmp_path, mo
     monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_cifar100)
     _, _, quick = study_mod.load_profile("quick")
     pairs = study_mod.build_pairs(quick, tmp_path, None, {})
-    data = study_mod.data_provenance(pairs)
+    data = study_data.data_provenance(pairs)
     default = tmp_path / "xdg" / "lucir" / "data"
     assert [d["download"] for d in data] == [True]
-    assert study_mod.data_plan_lines(data) == [
+    assert study_data.data_plan_lines(data) == [
         f"cifar100: not in {default}; downloaded there through torchvision into cifar-100-python/ before the runs "
         f"start (161 MiB from www.cs.toronto.edu, about 178 MiB once unpacked (the archive is then removed))"]
-    study_mod.preflight_data(data)
+    study_data.preflight_data(data)
     assert len(calls) == 1
-    data = study_mod.data_provenance(pairs)
+    data = study_data.data_provenance(pairs)
     assert data[0]["found"] and data[0]["format"] == "torchvision" and len(data[0]["files"]) == 3
-    study_mod.preflight_data(data)
+    study_data.preflight_data(data)
     assert len(calls) == 1
     # with LUCIR_DATA set, missing data is an error, never a download
     monkeypatch.setenv("LUCIR_DATA", str(tmp_path / "elsewhere"))
-    data = study_mod.data_provenance(pairs)
+    data = study_data.data_provenance(pairs)
     with pytest.raises(study_mod.StudyError, match="data not found under .*elsewhere.*LUCIR_DATA"):
-        study_mod.preflight_data(data)
+        study_data.preflight_data(data)
 
 
 def test_progress_cost_counts_every_phase():
@@ -479,28 +480,32 @@ def test_progress_cost_counts_every_phase():
 
 
 def test_relative_data_folder_is_made_absolute_for_the_kernels(monkeypatch, tmp_path):
-    """Kernels run in notebooks/, so LUCIR_DATA=../data must be resolved where the runner starts."""
+    """Kernels run in notebooks/, so LUCIR_DATA=../data must be resolved where the runner starts,
+    in the kernels' environment; the runner's own environment is left as it is."""
     import os
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LUCIR_DATA", "../some/data")
     with pytest.raises(study_mod.StudyError):
-        study_mod.run_study("smoke", results=str(tmp_path / "r"), reports=str(tmp_path / "p"), only=["no_such_notebook"])
-    assert os.environ["LUCIR_DATA"] == str((tmp_path / "../some/data").resolve())
+        study_mod.run_study("smoke", study_mod.StudyOptions(results=str(tmp_path / "r"), reports=str(tmp_path / "p"),
+                                                            only=["no_such_notebook"]))
+    assert os.environ["LUCIR_DATA"] == "../some/data"
+    assert notebook_runner.kernel_env()["LUCIR_DATA"] == str((tmp_path / "../some/data").resolve())
 
 
 def test_kernels_import_the_runners_package_not_another_copy(monkeypatch, tmp_path):
     """Another copy of lucir on the path (another clone's, say) loses to the runner's own in the
-    environment the notebooks' kernels start with."""
+    environment the notebooks' kernels start with (the runner's own environment is left as it is)."""
     import os
     other = tmp_path / "other_clone" / "lucir"
     other.mkdir(parents=True)
     (other / "__init__.py").write_text("")
     monkeypatch.setenv("PYTHONPATH", str(other.parent))
-    study_mod.kernels_import_this_package()
+    env = notebook_runner.kernel_env()
+    assert os.environ["PYTHONPATH"] == str(other.parent)
     where = subprocess.run([sys.executable, "-c", "import lucir; print(lucir.__file__)"], cwd=tmp_path,
-                           env=dict(os.environ), capture_output=True, text=True, check=True).stdout.strip()
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where) == REPO / "lucir" / "__init__.py"
-    assert os.environ["PYTHONPATH"].split(os.pathsep)[1:] == [str(other.parent)]
+    assert env["PYTHONPATH"].split(os.pathsep)[1:] == [str(other.parent)]
 
 
 # --------------------------------------------------------------------------- the run beside the reference
