@@ -37,9 +37,10 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from . import experiments, provenance, scheduler
+from . import experiments, local_executor, provenance, scheduler
 from . import results as res
 from .config import ConfigError, one_line
+from .progress import Progress
 from .profiles import (NOTEBOOKS_DIR, SELECT_KEYS, Pair, StudyError, _n, available_profiles,
                        build_pairs, load_profile, parse_selection)
 
@@ -230,7 +231,7 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, device, execut
     if executor == "local" and kind.startswith("cuda") and not torch.cuda.is_available():
         slots, sharing, note = min(jobs or runs_per_gpu, runs_per_gpu), runs_per_gpu, " (no GPU here: 1 GPU assumed)"
     elif executor == "local":
-        slots = len(scheduler.local_slots(device, jobs, runs_per_gpu))
+        slots = len(local_executor.local_slots(device, jobs, runs_per_gpu))
         sharing = runs_per_gpu if kind.startswith("cuda") else slots
     else:  # ray: the cluster decides; the projection is for one run at a time
         slots, sharing, note = 1, 1, " (Ray: one at a time assumed)"
@@ -301,7 +302,7 @@ def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu:
         if unknown:
             raise StudyError(f"profile's slurm: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return SlurmExecutor(results_dir, SlurmOptions(**{"cpus": cpus_per_run, **(slurm or {})}), max_jobs=jobs)
-    return scheduler.LocalExecutor(scheduler.local_slots(device, jobs, runs_per_gpu))
+    return local_executor.LocalExecutor(local_executor.local_slots(device, jobs, runs_per_gpu))
 
 
 def gpu_profile_on_cpu(name: str, content: dict, pairs: list, results_dir: Path, device: str | None,
@@ -339,7 +340,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
               cpus_per_run: int = 1, select: dict | None = None, dry_run: bool = False,
               rate: float | None = None, slurm: dict | None = None) -> int:
     """The whole study; returns the exit status (0, or 1 when a run or a notebook failed).
-    `jobs` None is 'auto' (see scheduler.local_slots; with Slurm, no limit on the jobs at once).
+    `jobs` None is 'auto' (see local_executor.local_slots; with Slurm, no limit on the jobs at once).
     `select` (parse_selection) cuts the profile down; `dry_run` prints the plan (print_plan) and
     trains nothing. `slurm`: SlurmOptions fields, over the profile's `slurm:` mapping."""
     name, path, content = load_profile(profile)
@@ -408,7 +409,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
     complete = len(scheduler.collect_runs(pairs, results_dir)[1]) if len(todo) < len(pairs) else len(earlier)
     print(f"{len(tasks)} runs to train ({complete} complete earlier; {bases} distinct cached base phases)"
           + (f"; {runner.describe()}" if runner else ""), file=sys.stderr)
-    bar = scheduler.Progress(tasks, len(todo), f"study {name}", enabled=progress)
+    bar = Progress(tasks, len(todo), f"study {name}", enabled=progress)
     bar.update(postfix=f"0/{len(tasks)} runs")
     failures, failed_runs, finished = [], {}, 0
     try:
@@ -432,7 +433,7 @@ def run_study(profile: str, results: str | None = None, reports: str | None = No
         write_study()
         runnable = [p for p in todo if p.key not in blocked]
         bar.update(postfix=f"0/{len(runnable)} notebooks")
-        with ThreadPoolExecutor(max_workers=max(1, min(4, scheduler.cpu_threads(), len(runnable)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(4, local_executor.cpu_threads(), len(runnable)))) as pool:
             futures = [pool.submit(execute_pair, pair, results_dir, reports_dir) for pair in runnable]
             for future in as_completed(futures):
                 result = future.result()
