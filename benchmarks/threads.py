@@ -9,7 +9,7 @@ processes that start together and each train for the same stretch of wall time:
 - `1 x all`: one process with every core as torch threads (what `--jobs 1` does);
 - `N x 1`:   N processes at once, one thread each (N = the cores);
 - `2 x all`: two processes at once, each with every core (what `--jobs 2` does on a CPU: the slots
-  share the cores rather than split them, lucir.scheduler.local_slots).
+  share the cores rather than split them, lucir.local_executor.local_slots).
 
 The figure of a layout is the images/s of all its processes together. The layouts take turns
 (`--rounds` times each), so that a change in the machine's load shows up as a spread between
@@ -84,7 +84,7 @@ def main() -> None:
     if args.worker:
         worker(args.threads, args.start_at, args.seconds, args.data)
         return
-    from lucir.scheduler import cpu_threads
+    from lucir.local_executor import cpu_threads
     cores = cpu_threads()
     layouts = {f"1 x {cores}": (1, cores), f"{cores} x 1": (cores, 1), f"2 x {cores}": (2, cores)}
     rates: dict[str, list[float]] = {name: [] for name in layouts}

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import carry, costs, provenance, scheduler
+from . import carry, costs, local_executor, provenance, scheduler
 from .device import MPSUnavailable, mps_daemon
 from . import results as res
 from .profiles import StudyError, build_pairs, load_profile
@@ -193,8 +193,8 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
             except MPSUnavailable as e:
                 say(f"MPS asked for but not started ({e}): the {runs_per_gpu} runs share the GPU by time slicing")
         slots = [dataclasses.replace(s, env=tuple(env.items()))
-                 for s in scheduler.local_slots(device, jobs, runs_per_gpu)]
-        executor = scheduler.LocalExecutor(slots)
+                 for s in local_executor.local_slots(device, jobs, runs_per_gpu)]
+        executor = local_executor.LocalExecutor(slots)
         say(f"campaign {name}: {len(todo)} runs to train, {len(earlier)} complete earlier; {executor.describe()}"
             f"{' under MPS' if env else ''}; deadline in {(deadline - started) / 60:.1f} min")
         outcome: dict = {}
@@ -213,7 +213,7 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
         while not done.wait(min(5.0, max(deadline + grace - time.time(), 0.5))):
             if time.time() - last >= 30:  # plain progress lines, every 30 s
                 last = time.time()
-                busy = "; ".join(f"{t.name}: {describe(t)}" for _, t in executor.busy()) or "none"
+                busy = "; ".join(f"{t.name}: {describe(t)}" for _, t in executor.under_way()) or "none"
                 say(f"{sum(r['status'] == 'done' for r in outcome.values())} runs ended; under way: {busy}")
             if time.time() > deadline + grace:  # a run that overran its last epoch: pack what is on disk
                 say("past the deadline with runs still under way: packing what their checkpoints hold")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import scheduler
+from . import local_executor, scheduler
 from .profiles import _n
 from .study_data import data_plan_lines
 
@@ -28,7 +28,7 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, options) -> No
     if executor == "local" and kind.startswith("cuda") and not torch.cuda.is_available():
         slots, sharing, note = min(jobs or runs_per_gpu, runs_per_gpu), runs_per_gpu, " (no GPU here: 1 GPU assumed)"
     elif executor == "local":
-        slots = len(scheduler.local_slots(device, jobs, runs_per_gpu))
+        slots = len(local_executor.local_slots(device, jobs, runs_per_gpu))
         sharing = runs_per_gpu if kind.startswith("cuda") else slots
     else:  # ray: the cluster decides; the projection is for one run at a time
         slots, sharing, note = 1, 1, " (Ray: one at a time assumed)"

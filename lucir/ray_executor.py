@@ -8,7 +8,8 @@ base-phase cache is per node: a trained base phase travels through Ray's object 
 being trained travels back to the driver's cache with the run's files.
 
 The worker body is the local executor's `execute_run`, so the numbers are those of a run by hand
-with the same threads.
+with the same threads. A thread of the driver follows the tasks: it writes what they sent, then
+completes the Future of each task that ended.
 """
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
 from . import results as res
 from .config import one_line
-from .scheduler import ExecutorError, RunTask, Slot, base_phase_file, cpu_threads, execute_run
+from .local_executor import Slot, cpu_threads, execute_run
+from .scheduler import ExecutorError, RunExecutor, RunTask, base_phase_file
 
 
 BASE_MODEL, BASE_PARTIAL = "@base/model.pt", "@base/partial.pt"  # a run's base-phase files among its files
@@ -240,7 +243,6 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
                             f"{timeout:.0f} s); start one there (ray start --head) or give the address of a live one")
 
 
-
 # What Ray's core prints while a cluster refuses a driver's token: since Ray 2.5x, `ray start
 # --head` turns token authentication on wherever a token exists (~/.ray/auth_token), and a driver
 # given an explicit address sends the token only under RAY_AUTH_MODE=token; ray.init itself
@@ -270,12 +272,14 @@ def join_cluster(ray, address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> N
         raise ExecutorError(f"Ray could not join the cluster at --address {address}: {one_line(last[0], 300)}")
     ray.init(address=address, log_to_driver=False)
 
-class RayExecutor:
+
+class RayExecutor(RunExecutor):
     """Each run a Ray task asking for `cpus_per_run` CPUs and, where the cluster has GPUs and the
     device is not cpu, 1/runs_per_gpu of a GPU. Without `address`, ray.init() starts a small local
-    cluster (every core of this machine); with one, it joins that cluster."""
+    cluster (every core of this machine); with one, it joins that cluster. progress.json reaches
+    the driver's folder with the other files."""
     name = "ray"
-    reports_epochs = True  # progress.json reaches the driver's folder with the other files
+    poll = 1.0  # seconds between two writes of what the tasks sent
 
     def __init__(self, address: str | None = None, device: str | None = None, runs_per_gpu: int = 1,
                  cpus_per_run: int = 1, num_cpus: int | None = None):
@@ -291,6 +295,10 @@ class RayExecutor:
                 if address:
                     join_cluster(ray, address)
                 else:  # a busy machine can take over Ray's default 30 s to start the local raylet
+                    # This stays an environment variable of this process: ray.init waits for the
+                    # raylet in this process (Ray's C++ GlobalStateAccessor::GetNode), whose Ray config
+                    # reads RAY_<name> from the environment when it is first used; ray.init has no
+                    # argument for it, and its _system_config reaches only the cluster's processes.
                     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
                     ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
                 break
@@ -314,7 +322,11 @@ class RayExecutor:
         self.store = ray.remote(RunFiles).options(num_cpus=0, scheduling_strategy=here).remote()
         self.tasks: dict = {}  # run name -> its task
         self.bases: dict = {}  # base-phase cache file -> its bytes in the object store
-        self.running: dict = {}  # object ref -> task
+        self.runs: dict = {}  # object ref -> (task, its future), until the task ends
+        self.error: Exception | None = None  # what stopped the thread that follows the tasks
+        self.stopping = threading.Event()
+        self.follower = threading.Thread(target=self._follow, name="ray-tasks", daemon=True)
+        self.follower.start()
 
     @property
     def capacity(self) -> int:
@@ -324,10 +336,9 @@ class RayExecutor:
         per_run = f"{self.cpus_per_run} CPU(s)" + (f" and {self.num_gpus:g} GPU" if self.num_gpus else "")
         return f"executor ray: up to {self.slots} run(s) at once, each asking for {per_run}"
 
-    def free(self) -> int:
-        return self.slots - len(self.running)
-
-    def submit(self, task: RunTask) -> None:
+    def submit(self, task: RunTask) -> Future:
+        if self.error is not None:
+            raise self.error
         files, base = folder_files(Path(task.folder)), None
         if task.base is not None:
             model, partial = base_files(task.base).values()
@@ -342,7 +353,9 @@ class RayExecutor:
         ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus, max_retries=3).remote(
             task, files, self.device, self.cpus_per_run, self.store, base)
         self.tasks[task.name] = task
-        self.running[ref] = task
+        future = Future()
+        self.runs[ref] = (task, future)
+        return future
 
     def _sync(self) -> None:
         """Write what the tasks sent since the last call into the runs' folders, and the base
@@ -350,28 +363,39 @@ class RayExecutor:
         for run, changes in self.ray.get(self.store.take.remote()).items():
             write_run_files(Path(self.tasks[run].folder), changes, self.tasks[run].base)
 
-    def busy(self) -> list[tuple[str, RunTask]]:
-        return [(f"ray task {k}", task) for k, task in enumerate(self.running.values())]
+    def under_way(self) -> list[tuple[str, RunTask]]:
+        return [(f"ray task {k}", task) for k, (task, _) in enumerate(list(self.runs.values()))]
 
-    def wait(self, timeout: float) -> list[tuple[RunTask, dict]]:
-        if not self.running:
-            time.sleep(timeout)
-            return []
-        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
-        self._sync()  # after the wait: a finished task's last files are in the store already
-        out = []
-        for ref in ready:
-            task = self.running.pop(ref)
-            try:
-                result = self.ray.get(ref)
-            except Exception as e:  # noqa: BLE001  (the task or its node died more often than Ray retries)
-                result = {"name": task.name, "status": "failed",
-                          "error": one_line(e)}
-            self.store.forget.remote(task.name)
-            out.append((task, result))
-        return out
+    def _follow(self) -> None:
+        """The driver's thread: when a task ends, or every `poll` seconds, write what the tasks
+        sent into the runs' folders (_sync), then complete the futures of the tasks that ended
+        (their last files are in the store once they end). An error here (the cluster gone, the
+        results folder not writable) ends the futures under way and every later submit."""
+        try:
+            while not self.stopping.is_set():
+                refs = list(self.runs)
+                if not refs:
+                    self.stopping.wait(self.poll)
+                    continue
+                ready, _ = self.ray.wait(refs, num_returns=1, timeout=self.poll)
+                self._sync()
+                for ref in ready:
+                    task, future = self.runs.pop(ref)
+                    self.store.forget.remote(task.name)
+                    try:
+                        future.set_result(self.ray.get(ref))
+                    except Exception as e:  # noqa: BLE001  (the task or its node died more often than Ray retries)
+                        future.set_exception(e)
+        except Exception as e:  # noqa: BLE001
+            self.error = e
+            for _, future in list(self.runs.values()):
+                future.set_exception(e)
 
-    def close(self) -> None:
-        for ref in self.running:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Tasks still under way are cancelled: their runs resume from their files another time."""
+        self.stopping.set()
+        self.follower.join()
+        for ref, (_, future) in list(self.runs.items()):
             self.ray.cancel(ref, force=True)
+            future.cancel()
         self.ray.shutdown()

@@ -9,18 +9,22 @@ Job state comes from `scontrol show job` (a cluster without accounting has no `s
 submitit's own state check relies on it) and from the result file submitit writes. The job ids
 of a study are kept in results_dir/study/slurm_jobs.json, so that a second invocation with the
 same results folder follows the jobs still queued or running instead of submitting them again.
+A thread of the driver checks the jobs every second and completes the Future of each job that ended.
 """
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import results as res
 from .config import one_line
-from .scheduler import ExecutorError, RunTask, Slot, execute_run
+from .local_executor import Slot, execute_run
+from .scheduler import ExecutorError, RunExecutor, RunTask
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
@@ -64,11 +68,10 @@ def job_state(job_id: str) -> str | None:
     return job_info(job_id).get("JobState")
 
 
-class SlurmExecutor:
+class SlurmExecutor(RunExecutor):
     """One Slurm job per run, at most `max_jobs` queued or running at once (default: no limit
-    but the cluster's)."""
+    but the cluster's). A shared filesystem: the jobs' progress.json is in the results folder."""
     name = "slurm"
-    reports_epochs = True  # a shared filesystem: the jobs' progress.json is in the results folder
 
     def __init__(self, results_dir: Path, options: SlurmOptions, max_jobs: int | None = None):
         try:
@@ -91,8 +94,11 @@ class SlurmExecutor:
             params["mem"] = f"{int(options.mem_gb * 1024)}M"
         self.executor.update_parameters(**params)
         self.slot = Slot(0, "cuda" if options.gpus else "cpu", options.cpus)
-        self.running: dict = {}  # job id -> (task, submitit job)
+        self.runs: dict = {}  # job id -> (task, submitit job, its future), until the job ends
         self.completed_at: dict = {}  # job id -> when scontrol first said COMPLETED without a result file
+        self.stopping = threading.Event()
+        self.follower = threading.Thread(target=self._follow, name="slurm-jobs", daemon=True)
+        self.follower.start()
 
     @property
     def capacity(self) -> int:
@@ -104,51 +110,41 @@ class SlurmExecutor:
         return (f"executor slurm: one job per run on {where}, each {self.options.cpus} CPU(s){gpus}, "
                 f"time limit {self.options.time_min} min (requeued and resumed past it); jobs in {self.folder}")
 
-    def free(self) -> int:
-        return self.capacity - len(self.running)
-
     def _jobs_on_record(self) -> dict:
         try:
             return json.loads(self.record.read_text())
         except (OSError, ValueError):
             return {}
 
-    def submit(self, task: RunTask) -> None:
+    def submit(self, task: RunTask) -> Future:
         import submitit
+        future = Future()
         earlier = self._jobs_on_record().get(task.name)
         info = job_info(earlier) if earlier else {}
         if info.get("JobState") in ACTIVE and info.get("JobName") == task.name:
             # an earlier invocation's job for this run is still queued or running: follow it
-            self.running[earlier] = (task, submitit.SlurmJob(self.folder / earlier, earlier))
-            return
+            self.runs[earlier] = (task, submitit.SlurmJob(self.folder / earlier, earlier), future)
+            return future
         self.executor.update_parameters(job_name=task.name)
         job = self.executor.submit(SlurmRun(), task, self.slot)
-        self.running[str(job.job_id)] = (task, job)
+        self.runs[str(job.job_id)] = (task, job, future)
         with res.locked(self.record.with_name(self.record.name + ".lock")):
             jobs = self._jobs_on_record() | {task.name: str(job.job_id)}
             res.write_json(self.record, jobs)
+        return future
 
-    def busy(self) -> list[tuple[str, RunTask]]:
-        out = []
-        for job_id, (task, _) in self.running.items():
-            state = (job_state(job_id) or "?").lower()
-            out.append((f"slurm job {job_id} ({state})", task))
-        return out
+    def under_way(self) -> list[tuple[str, RunTask]]:
+        return [(f"slurm job {job_id} ({(job_state(job_id) or '?').lower()})", task)
+                for job_id, (task, _, _) in list(self.runs.items())]
 
-    def wait(self, timeout: float) -> list[tuple[RunTask, dict]]:
-        deadline = time.time() + timeout
-        while True:
-            out = []
-            for job_id, (task, job) in list(self.running.items()):
+    def _follow(self) -> None:
+        """The driver's thread: every second, the result of each job that ended into its future."""
+        while not self.stopping.wait(1.0):
+            for job_id, (task, job, future) in list(self.runs.items()):
                 result = self._result(job_id, task, job)
                 if result is not None:
-                    del self.running[job_id]
-                    out.append((task, result))
-            if out or time.time() >= deadline or not self.running:
-                if not out and not self.running:
-                    time.sleep(max(0.0, deadline - time.time()))
-                return out
-            time.sleep(min(1.0, max(0.0, deadline - time.time())))
+                    del self.runs[job_id]
+                    future.set_result(result)
 
     def _result(self, job_id: str, task: RunTask, job) -> dict | None:
         """The run's result when its job has ended, else None."""
@@ -168,5 +164,7 @@ class SlurmExecutor:
                 "error": f"slurm job {job_id} ended in state {state or 'unknown to scontrol'} "
                          f"(see {job.paths.stderr})"}
 
-    def close(self) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Jobs keep running when the study stops: a second invocation follows them."""
+        self.stopping.set()
+        self.follower.join()

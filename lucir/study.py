@@ -37,11 +37,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import provenance, scheduler
+from . import local_executor, provenance, scheduler
 from . import results as res
 from .config import ConfigError, one_line
 from .notebook_runner import error_text, execute_pair, is_done, kernel_env, marker_seconds
 from .plan_text import print_plan
+from .progress import Progress
 from .profiles import (SELECT_KEYS, StudyError, available_profiles, build_pairs, load_profile, parse_selection,
                        profile_parameter)
 from .study_data import data_provenance, preflight_data
@@ -59,7 +60,7 @@ class StudyOptions:
     dry_run: bool = False          # print the plan (lucir.plan_text) and train nothing
     rate: float | None = None      # the dry run's training rate instead of the assumed one
     executor: str = "local"        # local, ray or slurm
-    jobs: int | None = None        # runs at once; None: auto (scheduler.local_slots; Slurm: no limit)
+    jobs: int | None = None        # runs at once; None: auto (local_executor.local_slots; Slurm: no limit)
     runs_per_gpu: int = 1
     address: str | None = None     # the Ray cluster to join (default: start a local one)
     cpus_per_run: int = 1          # Ray and Slurm: CPUs each run asks for
@@ -105,7 +106,7 @@ def make_executor(kind: str, device: str | None, jobs: int | None, runs_per_gpu:
         if unknown:
             raise StudyError(f"profile's slurm: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return SlurmExecutor(results_dir, SlurmOptions(**{"cpus": cpus_per_run, **(slurm or {})}), max_jobs=jobs)
-    return scheduler.LocalExecutor(scheduler.local_slots(device, jobs, runs_per_gpu))
+    return local_executor.LocalExecutor(local_executor.local_slots(device, jobs, runs_per_gpu))
 
 
 def gpu_profile_on_cpu(name: str, content: dict, pairs: list, results_dir: Path, device: str | None,
@@ -197,7 +198,7 @@ def run_study(profile: str, options: StudyOptions | None = None) -> int:
     complete = len(scheduler.collect_runs(pairs, results_dir)[1]) if len(todo) < len(pairs) else len(earlier)
     print(f"{len(tasks)} runs to train ({complete} complete earlier; {bases} distinct cached base phases)"
           + (f"; {runner.describe()}" if runner else ""), file=sys.stderr)
-    bar = scheduler.Progress(tasks, len(todo), f"study {name}", enabled=o.progress)
+    bar = Progress(tasks, len(todo), f"study {name}", enabled=o.progress)
     bar.update(postfix=f"0/{len(tasks)} runs")
     failures, failed_runs, finished = [], {}, 0
     try:
@@ -221,7 +222,7 @@ def run_study(profile: str, options: StudyOptions | None = None) -> int:
         write_study()
         runnable = [p for p in todo if p.key not in blocked]
         bar.update(postfix=f"0/{len(runnable)} notebooks")
-        with ThreadPoolExecutor(max_workers=max(1, min(4, scheduler.cpu_threads(), len(runnable)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(4, local_executor.cpu_threads(), len(runnable)))) as pool:
             futures = [pool.submit(execute_pair, pair, results_dir, reports_dir, env) for pair in runnable]
             for future in as_completed(futures):
                 result = future.result()

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from lucir import scheduler
+from lucir import local_executor, scheduler
 from lucir.bars import LineStream, bar_options
 
 from conftest import TINY, tiny_config
@@ -70,6 +70,6 @@ def test_a_stale_progress_file_is_dropped_before_a_run_resumes(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer, "run_incremental", fake_run)
     task = scheduler.RunTask("r", str(folder), tiny_config("lucir", tmp_path / "cache"))
-    result = scheduler.execute_run(task, scheduler.Slot(0, "cpu", 1))
+    result = local_executor.execute_run(task, local_executor.Slot(0, "cpu", 1))
     assert result["status"] == "done", result
     assert seen["stale"] is False and '"epoch": 1' in seen["fresh"]

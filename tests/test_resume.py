@@ -20,7 +20,7 @@ import torch
 
 from conftest import TINY, comparable
 from lucir import results as res
-from lucir import run_incremental, scheduler
+from lucir import local_executor, run_incremental, scheduler
 from lucir.experiments import PlannedRun
 from lucir.profiles import Pair
 from smoke_study import REPO
@@ -174,7 +174,7 @@ def test_epoch_checkpoints_can_be_switched_off(tmp_path, monkeypatch):
 def killed_in_phase_1(task, slot) -> dict:
     """A local worker's body that is killed in the middle of phase 1, after its epoch-2 checkpoint."""
     arm_kill(1, "train", 2)
-    return scheduler.execute_run(task, slot)
+    return local_executor.execute_run(task, slot)
 
 
 def test_run_killed_under_the_local_executor_resumes_when_the_study_runs_again(tmp_path):
@@ -182,11 +182,11 @@ def test_run_killed_under_the_local_executor_resumes_when_the_study_runs_again(t
     direct = run_incremental(_config("lucir", values, tmp_path / "cache_direct"), tmp_path / "direct")
     pair = Pair("main_curves", "x", {}, [PlannedRun("LUCIR", "lucir", values)])
     tasks, _ = scheduler.collect_runs([pair], tmp_path / "results")
-    slots = scheduler.local_slots("cpu", 1)
-    first = scheduler.execute(tasks, scheduler.LocalExecutor(slots, work=killed_in_phase_1), poll=0.05)
+    slots = local_executor.local_slots("cpu", 1)
+    first = scheduler.execute(tasks, local_executor.LocalExecutor(slots, work=killed_in_phase_1), poll=0.05)
     assert first[tasks[0].name]["status"] == "failed" and "died" in first[tasks[0].name]["error"]
     folder = Path(tasks[0].folder)
     assert torch.load(res.epoch_checkpoint_path(folder), weights_only=True)["epoch"] == 2
-    again = scheduler.execute(tasks, scheduler.LocalExecutor(slots), poll=0.05)
+    again = scheduler.execute(tasks, local_executor.LocalExecutor(slots), poll=0.05)
     assert again[tasks[0].name]["status"] == "done", again
     assert comparable(res.load_metrics(folder)) == comparable(direct)

@@ -3,6 +3,7 @@ the same numbers as a direct run, the base phase trained once by runs started to
 invocations on one results folder, and the Ray executor (a local cluster) with a failing run."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import yaml
 
 from conftest import TINY, comparable, process_alive
 from lucir import results as res
-from lucir import ray_executor, run_incremental, scheduler
+from lucir import local_executor, progress, ray_executor, run_incremental, scheduler
 from lucir import study as study_mod
 from lucir.experiments import PlannedRun
 from lucir.profiles import Pair
@@ -66,10 +67,10 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
 def test_two_fake_gpus_take_k_runs_each_and_never_more(tmp_path):
     """Two GPUs, K = 2 runs per GPU, faked on the CPU: the slots' workers see only their GPU, runs go
     to both GPUs, each GPU runs 2 at once and never 3, and a slot never runs two at once."""
-    slots = scheduler.local_slots("cuda", None, runs_per_gpu=2, gpus=2)
+    slots = local_executor.local_slots("cuda", None, runs_per_gpu=2, gpus=2)
     assert [(s.group, s.visible_gpu, s.device) for s in slots] == [(0, 0, "cuda"), (1, 1, "cuda")] * 2
     tasks = [_fake_task(f"run{k}", tmp_path) for k in range(10)]
-    results = scheduler.execute(tasks, scheduler.LocalExecutor(slots, work=hold_until_four_started), poll=0.05)
+    results = scheduler.execute(tasks, local_executor.LocalExecutor(slots, work=hold_until_four_started), poll=0.05)
     assert sorted(results) == sorted(t.name for t in tasks) and {r["status"] for r in results.values()} == {"done"}
     for r in results.values():
         assert r["visible"] == str(r["group"]), "each worker sees only its own GPU"
@@ -85,18 +86,18 @@ def test_two_fake_gpus_take_k_runs_each_and_never_more(tmp_path):
 
 def test_cpu_slots_keep_the_thread_count_of_a_run_by_hand(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(scheduler, "cpu_threads", lambda: 8)
-    assert [s.threads for s in scheduler.local_slots("cpu", None)] == [8, 8], "auto on a CPU: two runs, every core"
-    assert [s.threads for s in scheduler.local_slots("cpu", 1)] == [8]
+    monkeypatch.setattr(local_executor, "cpu_threads", lambda: 8)
+    assert [s.threads for s in local_executor.local_slots("cpu", None)] == [8, 8], "auto on a CPU: two runs, every core"
+    assert [s.threads for s in local_executor.local_slots("cpu", 1)] == [8]
     # a CPU run's numbers depend on its thread count: runs at once share the cores, not split them
-    assert [s.threads for s in scheduler.local_slots("cpu", 2)] == [8, 8]
+    assert [s.threads for s in local_executor.local_slots("cpu", 2)] == [8, 8]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert [s.threads for s in scheduler.local_slots("cpu", 2)] == [3, 3]
+    assert [s.threads for s in local_executor.local_slots("cpu", 2)] == [3, 3]
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(scheduler, "cpu_threads", lambda: 1)
-    assert [s.threads for s in scheduler.local_slots("cpu", None)] == [1], "one core: nothing to overlap"
-    assert [(s.device, s.visible_gpu) for s in scheduler.local_slots("cuda:1", None, 3, gpus=2)] == [("cuda", 1)] * 3
-    assert len(scheduler.local_slots("auto", 3, runs_per_gpu=2, gpus=8)) == 3, "--jobs caps the slots"
+    monkeypatch.setattr(local_executor, "cpu_threads", lambda: 1)
+    assert [s.threads for s in local_executor.local_slots("cpu", None)] == [1], "one core: nothing to overlap"
+    assert [(s.device, s.visible_gpu) for s in local_executor.local_slots("cuda:1", None, 3, gpus=2)] == [("cuda", 1)] * 3
+    assert len(local_executor.local_slots("auto", 3, runs_per_gpu=2, gpus=8)) == 3, "--jobs caps the slots"
 
 
 def report_wait_policy(task, slot) -> dict:
@@ -104,13 +105,13 @@ def report_wait_policy(task, slot) -> dict:
 
 
 def test_runs_sharing_the_cores_wait_passively_and_one_run_alone_is_left_as_it_is(tmp_path, monkeypatch):
-    monkeypatch.setattr(scheduler, "cpu_threads", lambda: 2)
+    monkeypatch.setattr(local_executor, "cpu_threads", lambda: 2)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     try:
         alone = scheduler.execute([_fake_task("a", tmp_path)],
-                                  scheduler.LocalExecutor([scheduler.Slot(0, "cpu", 2)], work=report_wait_policy))
+                                  local_executor.LocalExecutor([local_executor.Slot(0, "cpu", 2)], work=report_wait_policy))
         assert alone["a"]["wait"] is None
-        two = scheduler.LocalExecutor([scheduler.Slot(k, "cpu", 2) for k in range(2)], work=report_wait_policy)
+        two = local_executor.LocalExecutor([local_executor.Slot(k, "cpu", 2) for k in range(2)], work=report_wait_policy)
         results = scheduler.execute([_fake_task("b", tmp_path), _fake_task("c", tmp_path)], two)
         assert {r["wait"] for r in results.values()} == {"PASSIVE"}  # 4 threads on 2 cores: no spinning
     finally:
@@ -122,8 +123,8 @@ def test_a_shared_base_phase_is_trained_first_and_reused_after(tmp_path):
     tasks = [_fake_task("a1", tmp_path, base_a), _fake_task("a2", tmp_path, base_a), _fake_task("n", tmp_path),
              _fake_task("b1", tmp_path, base_b), _fake_task("a3", tmp_path, base_a)]
     assert [t.name for t in scheduler.order_runs(tasks)] == ["a1", "n", "b1", "a2", "a3"]
-    slots = [scheduler.Slot(k, "cpu", 1) for k in range(2)]
-    results = scheduler.execute(tasks[:2], scheduler.LocalExecutor(slots, work=note_times), poll=0.05)
+    slots = [local_executor.Slot(k, "cpu", 1) for k in range(2)]
+    results = scheduler.execute(tasks[:2], local_executor.LocalExecutor(slots, work=note_times), poll=0.05)
     assert results["a2"]["start"] >= results["a1"]["end"], "a run reusing a base waits for the run that trains it"
 
 
@@ -138,9 +139,22 @@ def test_runs_start_longest_first_within_the_order_base_phases_impose(tmp_path):
              _costed_task("c", tmp_path, 7), _costed_task("d", tmp_path, 1, base_y), _costed_task("e", tmp_path, 3)]
     # b is the longest run on base x, so it trains that base; a reuses it and waits for it
     assert [t.name for t in scheduler.order_runs(tasks)] == ["b", "c", "e", "d", "a"]
-    results = scheduler.execute(tasks, scheduler.LocalExecutor([scheduler.Slot(0, "cpu", 1)], work=note_times),
+    results = scheduler.execute(tasks, local_executor.LocalExecutor([local_executor.Slot(0, "cpu", 1)], work=note_times),
                                 poll=0.05)
     assert [name for name, _ in sorted(results.items(), key=lambda kv: kv[1]["start"])] == ["b", "c", "e", "d", "a"]
+
+
+def test_the_local_executor_is_a_concurrent_futures_executor(tmp_path):
+    """submit(task) returns a concurrent.futures.Future of the run's result; a failed run is a
+    result too; `with` shuts the workers down."""
+    with local_executor.LocalExecutor([local_executor.Slot(k, "cpu", 1) for k in range(2)],
+                                      work=fail_like_a_cuda_error) as executor:
+        assert isinstance(executor, concurrent.futures.Executor) and executor.capacity == 2
+        good, bad = executor.submit(_fake_task("ok", tmp_path)), executor.submit(_fake_task("bad", tmp_path))
+        assert isinstance(good, concurrent.futures.Future) and isinstance(bad, concurrent.futures.Future)
+        assert good.result(timeout=120)["status"] == "done" and bad.result(timeout=120)["status"] == "failed"
+        assert executor.under_way() == []
+    assert all(pool._shutdown_thread for pool in executor.pools.values())
 
 
 def fail_like_a_cuda_error(task, slot) -> dict:
@@ -154,7 +168,7 @@ def fail_like_a_cuda_error(task, slot) -> dict:
 
 def test_a_worker_whose_run_failed_is_replaced_before_the_slot_takes_another(tmp_path):
     tasks = [_costed_task(name, tmp_path, cost) for name, cost in (("ok1", 3), ("bad", 2), ("ok2", 1))]
-    executor = scheduler.LocalExecutor([scheduler.Slot(0, "cpu", 1)], work=fail_like_a_cuda_error)
+    executor = local_executor.LocalExecutor([local_executor.Slot(0, "cpu", 1)], work=fail_like_a_cuda_error)
     results = scheduler.execute(tasks, executor, poll=0.05)
     assert [results[n]["status"] for n in ("ok1", "bad", "ok2")] == ["done", "failed", "done"]
     assert results["ok1"]["pid"] == results["bad"]["pid"], "a worker is kept after a run that succeeded"
@@ -173,9 +187,9 @@ def test_a_worker_ends_when_its_driver_is_killed_on_its_own(tmp_path):
     """`kill -9 <driver>` (not its process group): the worker must not go on training unseen."""
     code = (f"import sys; sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]\n"
             "from test_scheduler import _fake_task, note_pid_and_hold\n"
-            "from lucir import scheduler\n"
-            f"scheduler.execute([_fake_task('a', {str(tmp_path)!r})],\n"
-            "                  scheduler.LocalExecutor([scheduler.Slot(0, 'cpu', 1)], work=note_pid_and_hold), poll=0.05)\n")
+            "from lucir import local_executor, scheduler\n"
+            f"scheduler.execute([_fake_task('a', {str(tmp_path)!r})], local_executor.LocalExecutor(\n"
+            "                  [local_executor.Slot(0, 'cpu', 1)], work=note_pid_and_hold), poll=0.05)\n")
     driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     pid_file, worker = tmp_path / "worker.pid", None
     try:
@@ -206,7 +220,7 @@ def test_the_bar_moves_with_each_epoch_and_counts_only_this_invocations_epochs(t
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"phases": [{}]}))  # phase 0 done by an earlier call
     task = replace(_fake_task("a", folder), cost=[100.0, 10.0, 10.0])
-    bar = scheduler.Progress([task], 0, "test", enabled=False)
+    bar = progress.Progress([task], 0, "test", enabled=False)
 
     def epoch(desc: str, k: int, n: int) -> float:
         (folder / scheduler.PROGRESS_FILE).write_text(json.dumps({"phase": desc, "epoch": k, "epochs": n}))
@@ -216,7 +230,7 @@ def test_the_bar_moves_with_each_epoch_and_counts_only_this_invocations_epochs(t
         # phase 1 resumed at epoch 2 of 10: the first epoch this call trains is worth 1/10 of 10
         assert epoch("phase 1 (50+5 classes)", 3, 10) == pytest.approx(1.0)
         # ... and the 2 epochs trained before leave the work to do: 18 of phases 1-2, and the report
-        assert bar.work_to_do() == pytest.approx(18.0 + scheduler.NOTEBOOK_OVERHEAD)
+        assert bar.work_to_do() == pytest.approx(18.0 + progress.NOTEBOOK_OVERHEAD)
         assert epoch("phase 1 (50+5 classes)", 8, 10) == pytest.approx(6.0)
         (folder / "metrics.json").write_text(json.dumps({"phases": [{}, {}]}))
         assert epoch("phase 1 (50+5 classes)", 10, 10) == pytest.approx(8.0)  # stale: phase 1 is done
@@ -259,9 +273,9 @@ def test_scheduled_runs_give_the_numbers_of_a_direct_run(tmp_path, jobs):
     pair = Pair("main_curves", "x", {}, scheduled_plan)
     tasks, earlier = scheduler.collect_runs([pair, pair], tmp_path / "results")
     assert len(tasks) == 3 and not earlier and all(t.needed_by == ["main_curves__x"] for t in tasks)
-    slots = scheduler.local_slots("cpu", jobs)
+    slots = local_executor.local_slots("cpu", jobs)
     assert len(slots) == jobs
-    results = scheduler.execute(tasks, scheduler.LocalExecutor(slots))
+    results = scheduler.execute(tasks, local_executor.LocalExecutor(slots))
     assert {r["status"] for r in results.values()} == {"done"}, results
     if jobs == 2:
         assert {r["slot"] for r in results.values()} == {0, 1}
@@ -458,6 +472,20 @@ def test_ray_trains_a_shared_base_phase_once_and_hands_it_on_as_soon_as_it_is_tr
     assert all(torch.equal(trained[k], reference[k]) for k in reference)
     for task in tasks:
         assert comparable(res.load_metrics(task.folder)) == comparable(direct[task.config.phases])
+
+
+def test_the_ray_executor_is_a_concurrent_futures_executor(tmp_path):
+    """submit(task) returns a concurrent.futures.Future; a task that raises (here a task without a
+    config) makes the future raise, and `execute` a failed run's result."""
+    pytest.importorskip("ray")
+    with ray_executor.RayExecutor(device="cpu", num_cpus=1) as executor:
+        assert isinstance(executor, concurrent.futures.Executor) and executor.capacity == 1
+        future = executor.submit(_fake_task("a", tmp_path / "a"))
+        assert isinstance(future, concurrent.futures.Future)
+        assert [task.name for _, task in executor.under_way()] == ["a"]
+        assert isinstance(future.exception(timeout=300), Exception)
+    results = scheduler.execute([_fake_task("b", tmp_path / "b")], ray_executor.RayExecutor(device="cpu", num_cpus=1))
+    assert results["b"]["status"] == "failed" and "TypeError" in results["b"]["error"], results
 
 
 def test_a_failing_run_under_ray_is_reported_and_the_others_finish(tmp_path):

@@ -63,6 +63,23 @@ def _metrics(results: Path) -> dict:
 
 
 
+def test_the_slurm_executor_is_a_concurrent_futures_executor(slurm_cluster, tmp_path):
+    """submit(task) returns a concurrent.futures.Future that the job's end completes (here a task
+    without a config: the job body raises, and the result says the run failed, with its job)."""
+    import concurrent.futures
+
+    from lucir.scheduler import RunTask
+    from lucir.slurm import SlurmExecutor, SlurmOptions
+    task = RunTask(name="a", folder=str(tmp_path / "runs" / "a"), config=None, cost=[1.0])
+    with SlurmExecutor(tmp_path, SlurmOptions(cpus=1, time_min=5)) as executor:
+        assert isinstance(executor, concurrent.futures.Executor)
+        future = executor.submit(task)
+        assert isinstance(future, concurrent.futures.Future)
+        assert [t.name for _, t in executor.under_way()] == ["a"]
+        result = future.result(timeout=300)
+    assert result["name"] == "a" and result["status"] == "failed" and result["job"], result
+
+
 TWO_RUNS = {"main_curves": [{"setting": "synthetic", "phases": [1], "joint_phases": [], "seeds": [0]}]}
 
 
