@@ -761,7 +761,7 @@ def _time_ours(batches: int) -> dict:
     from lucir import make_config
     from lucir.data import load_dataset
     from lucir.models import build_model, frozen_copy, grow_head
-    from lucir.trainer import extract, train_epochs
+    from lucir.trainer import Stage, extract, train_epochs
     cfg = make_config("lucir", progress=False, device="cpu")
     data = load_dataset(cfg)
     dev = torch.device("cpu")
@@ -770,15 +770,17 @@ def _time_ours(batches: int) -> dict:
     out = {}
     model = build_model("resnet32", 50, True, False).to(memory_format=torch.channels_last)
     idx = torch.nonzero(data.train_labels < 50).flatten()[: (batches + 2) * bs]
-    train_epochs(model, None, data, idx[: 2 * bs], cfg, model.parameters(), 1, 0.1, (), 0, 0.0, dev, gen, desc="warm-up")
+    warm_up, base = Stage("warm-up", epochs=1, lr=0.1), Stage("base", epochs=1, lr=0.1)
+    train_epochs(model, None, data, idx[: 2 * bs], model.parameters(), warm_up, cfg, dev, gen)
     tic = _clock()
-    train_epochs(model, None, data, idx[2 * bs:], cfg, model.parameters(), 1, 0.1, (), 0, 0.0, dev, gen, desc="base")
+    train_epochs(model, None, data, idx[2 * bs:], model.parameters(), base, cfg, dev, gen)
     out["base_step"] = _rates(batches * bs, tic)
     old = frozen_copy(model)
     params = grow_head(model, 5)
     idx = torch.nonzero(data.train_labels < 55).flatten()[: batches * bs]
     tic = _clock()
-    train_epochs(model, old, data, idx, cfg, params, 1, 0.1, (), 50, 5.0 * (50 / 5) ** 0.5, dev, gen, desc="inc")
+    stage = Stage("inc", epochs=1, lr=0.1, n_old=50, lam=5.0 * (50 / 5) ** 0.5)
+    train_epochs(model, old, data, idx, params, stage, cfg, dev, gen)
     out["inc_step"] = _rates(batches * bs, tic)
     tic = _clock()
     extract(model, data.test, torch.arange(batches * bs), dev, cfg.eval_batch_size)

@@ -61,7 +61,7 @@ from lucir.device import (AMP_DTYPES, MPSUnavailable, autocast, check_amp, mps_d
 from lucir.models import build_model, frozen_copy, grow_head  # noqa: E402
 from lucir.provenance import git_state  # noqa: E402
 from lucir.scheduler import RATES_FILE, rates, run_cost  # noqa: E402
-from lucir.trainer import train_epochs  # noqa: E402
+from lucir.trainer import Stage, train_epochs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when imported from elsewhere
 import paper_timing  # noqa: E402
@@ -148,8 +148,10 @@ def resnet32_rate(size: dict, device, data=None, incremental: bool = False, warm
     params = [p for p in model.parameters() if p.requires_grad]
     idx, gen = torch.arange(len(data.train_labels)), torch.Generator().manual_seed(0)
 
+    stage = Stage("gpu_check", epochs=1, lr=0.1, n_old=n_old, lam=lam)
+
     def epoch():
-        train_epochs(model, old, data, idx, c, params, 1, 0.1, (), n_old, lam, device, gen, desc="gpu_check")
+        train_epochs(model, old, data, idx, params, stage, c, device, gen)
 
     tic = time.perf_counter()
     epoch()
@@ -193,7 +195,7 @@ def _shared_worker(k: int, size: dict, device: str, threads: int, barrier, queue
     idx, gen = torch.arange(len(data.train_labels)), torch.Generator().manual_seed(k)
 
     def epoch():
-        train_epochs(model, None, data, idx, c, model.parameters(), 1, 0.1, (), 0, 0.0, device, gen, desc="gpu_check")
+        train_epochs(model, None, data, idx, model.parameters(), Stage("gpu_check", epochs=1, lr=0.1), c, device, gen)
 
     epoch()
     sync(device)

@@ -35,7 +35,7 @@ def worker(threads: int, start_at: float, seconds: float, data_dir: str) -> None
 
     from lucir import make_config
     from lucir.data import load_dataset
-    from lucir.trainer import train_epochs
+    from lucir.trainer import Stage, train_epochs
 
     torch.manual_seed(0)
     cfg = make_config("lucir", data_dir=data_dir, progress=False, device="cpu")
@@ -44,8 +44,8 @@ def worker(threads: int, start_at: float, seconds: float, data_dir: str) -> None
     idx = torch.nonzero(data.train_labels < 60).flatten()
     gen = torch.Generator().manual_seed(0)
     chunk = idx[: 4 * cfg.batch_size]  # four batches per call, so the clock is read often
-    train = lambda: train_epochs(model, old, data, chunk, cfg, params, 1, 0.1, (), 50, 5.0,  # noqa: E731
-                                 torch.device("cpu"), gen, desc="bench")
+    stage = Stage("bench", epochs=1, lr=0.1, n_old=50, lam=5.0)
+    train = lambda: train_epochs(model, old, data, chunk, params, stage, cfg, torch.device("cpu"), gen)  # noqa: E731
     train()  # warm-up
     time.sleep(max(0.0, start_at - time.time()))
     tic, images = time.perf_counter(), 0

@@ -38,7 +38,7 @@ import torch
 from lucir import make_config
 from lucir.data import EncodedImages, load_dataset
 from lucir.models import build_model, frozen_copy, grow_head
-from lucir.trainer import resolve_device, train_epochs
+from lucir.trainer import Stage, resolve_device, train_epochs
 
 
 def sgd_step(model, opt, x, y):
@@ -179,8 +179,8 @@ def main() -> None:
     idx = torch.nonzero(data.train_labels < 60).flatten()[: (n + 3) * bs]
     gen = torch.Generator().manual_seed(0)
     warm = idx[: 3 * bs]
-    run = lambda ids: train_epochs(model, old, data, ids, cfg, params, 1, 0.1, (), 50, 5.0, device, gen,  # noqa: E731
-                                   desc="bench")
+    stage = Stage("bench", epochs=1, lr=0.1, n_old=50, lam=5.0)  # the LUCIR step of B50 + 5 phases
+    run = lambda ids: train_epochs(model, old, data, ids, params, stage, cfg, device, gen)  # noqa: E731
     run(warm)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -199,8 +199,7 @@ def main() -> None:
     print(f"real / bound:                        {real_ips / bound:8.1%}  (target >= 90%)")
     if args.compile:  # the same real step with config compile=true (torch.compile, inductor), side by side
         ccfg = make_config("lucir", data_dir=args.data, progress=False, device=str(device), compile=True)
-        crun = lambda ids: train_epochs(model, old, data, ids, ccfg, params, 1, 0.1, (), 50, 5.0, device,  # noqa: E731
-                                        gen, desc="bench")
+        crun = lambda ids: train_epochs(model, old, data, ids, params, stage, ccfg, device, gen)  # noqa: E731
         tic = time.perf_counter()
         crun(warm)
         compile_s = time.perf_counter() - tic

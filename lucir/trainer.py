@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,10 @@ class EpochCheckpoint:
     the last one written and ends with the numbers of a run never interrupted.
 
     One file, replaced atomically (only the newest is kept), removed once the phase's own
-    checkpoint is written. It holds the training loop's state (model, frozen old model, optimiser
-    with momentum, lr schedule position, the phase's generator and torch's global one, epochs
-    done) under a `stage` ("train": the base or incremental phase's epochs; "cbf": the class-
-    balanced finetune), beside the phase's own (exemplar memory, history, seconds so far).
-    `resume` is what an earlier call wrote; it applies only to the same phase."""
+    checkpoint is written. It holds the training loop's state (_Loop, and the epochs done) under
+    its Stage's name as `stage` ("train": the base or incremental phase; "cbf": the class-balanced
+    finetune), beside the phase's own (exemplar memory, history, seconds so far). `resume` is
+    what an earlier call wrote; it applies only to the same phase."""
 
     def __init__(self, path: Path | None, every: int, phase: int, resume: dict | None = None, on_epoch=None):
         self.path = path if every > 0 else None
@@ -174,98 +174,134 @@ def batch_loss(c: Config, out, old, targets: torch.Tensor, n_old: int, lam: floa
     return terms
 
 
-def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: torch.Tensor, c: Config,
-                 params, epochs: int, lr: float, milestones, n_old: int, lam: float, device,
-                 generator: torch.Generator, desc: str, frozen_backbone: bool = False,
-                 checkpoint: EpochCheckpoint | None = None, stage: str = "train") -> dict:
-    """SGD over `train_idx` for `epochs` epochs, lr stepped per epoch at `milestones`.
-    Under torchrun each rank trains on its slice of every global batch of `batch_size` (the
-    same permutation on every rank), through DistributedDataParallel; see lucir.distributed.
-    With `checkpoint`, the loop starts from its state for `stage` when it has one, and writes
-    its state there after the epochs it is due."""
-    # fused_sgd off: torch's default SGD, exactly as before the switch existed
-    opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                          **({"fused": True} if c.fused_sgd else {}))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=c.lr_gamma)
-    scaler = grad_scaler(torch.device(device), c.amp)  # float16 only; otherwise backward and step unchanged
-    start, summary = 0, {}
-    resume = checkpoint.state_for(stage) if checkpoint is not None else None
-    if resume is not None:  # before DDP or compile wrap the model: they see the resumed weights
-        model.load_state_dict(resume["model"])
-        if old_model is not None:
-            old_model.load_state_dict(resume["old_model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])  # its milestones come from the config
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        generator.set_state(resume["generator"])
-        _set_rng_state(resume["rng"], device)
-        start, summary = resume["epoch"], resume["summary"]
+@dataclass(frozen=True)
+class Stage:
+    """What varies between the loops that train: the base phase, an incremental phase (the
+    old model's `n_old` classes, `lam` weighting L_dis^G) and the class-balanced finetune (the
+    backbone frozen). `desc` names it on its progress bar; `name` keys its epoch checkpoint."""
+    desc: str
+    epochs: int
+    lr: float
+    milestones: tuple = ()  # epochs after which lr is multiplied by lr_gamma
+    n_old: int = 0
+    lam: float = 0.0
+    frozen_backbone: bool = False
+    name: str = "train"  # or "cbf"
+
+
+def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: torch.Tensor, params, stage: Stage,
+                 c: Config, device, generator: torch.Generator, checkpoint: EpochCheckpoint | None = None) -> dict:
+    """Eq. 9's batch loop: SGD on `params` over `train_idx` for the stage's epochs; returns the
+    last epoch's summary. Under torchrun each rank trains on its slice of every global batch of
+    `batch_size` (the same permutation on every rank), through DistributedDataParallel; see
+    lucir.distributed. With `checkpoint`, the loop starts from its state for the stage when it
+    has one, and writes its state there after the epochs it is due."""
+    loop = _Loop(model, old_model, params, stage, c, device, generator)
+    start, summary = loop.resume(checkpoint)  # before DDP or compile wrap the model: they see its weights
     labels = data.train_labels.to(device)  # on the device once; each epoch gathers its labels there
-    shard = (dist_rank(), world_size())
+    rank, world = dist_rank(), world_size()
     workers = resolve_workers(c.workers)
     net = wrap(model, torch.device(device))
-    backbone = old_backbone = None  # None: each model's own backbone, eager
-    if c.compile:
-        backbone = compiled_backbone(model, c.compile_mode)
-        old_backbone = None if old_model is None else compiled_backbone(old_model, c.compile_mode)
-    bar = tqdm(range(start, epochs), desc=desc, disable=not (c.progress and is_main()), leave=True,
-               initial=start, total=epochs, **{"dynamic_ncols": True, **bar_options()})
+    backbone = compiled_backbone(model, c.compile_mode) if c.compile else None  # None: its own, eager
+    old_backbone = compiled_backbone(old_model, c.compile_mode) if c.compile and old_model is not None else None
+    bar = tqdm(range(start, stage.epochs), desc=stage.desc, disable=not (c.progress and is_main()), leave=True,
+               initial=start, total=stage.epochs, **{"dynamic_ncols": True, **bar_options()})
     for epoch in bar:
         model.train()
-        if frozen_backbone:
+        if stage.frozen_backbone:
             model.backbone.eval()
         sums: dict = {}  # running sums stay on the device: no host sync inside the batch loop
         correct = torch.zeros((), device=device)
         perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        batches = list(perm.split(c.batch_size))
-        if shard[1] > 1:  # a last global batch smaller than the world has no sample for some rank
-            batches = [b for b in batches if len(b) >= shard[1]]
-        epoch_labels = labels[perm.to(device)].split(c.batch_size)
-        images = data.train.iterate(batches, device, train=True, generator=generator, workers=workers, shard=shard)
-        for batch, x, y in zip(batches, images, epoch_labels):
-            y = y if shard[1] == 1 else y.tensor_split(shard[1])[shard[0]]
+        # a last global batch smaller than the world has no sample for some rank
+        batches = [b for b in perm.split(c.batch_size) if len(b) >= world]
+        targets = [y.tensor_split(world)[rank] for y in labels[perm.to(device)].split(c.batch_size)]
+        images = data.train.iterate(batches, device, train=True, generator=generator, workers=workers,
+                                    shard=(rank, world))
+        for x, y in zip(images, targets):
             with autocast(torch.device(device), c.amp):
                 out = net(x, backbone=backbone)
-                old = None
-                if old_model is not None:
-                    with torch.no_grad():
-                        old = old_model(x, backbone=old_backbone)
-            terms = batch_loss(c, out, old, y, n_old, lam)
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+                with torch.no_grad():
+                    old = None if old_model is None else old_model(x, backbone=old_backbone)
+            terms = batch_loss(c, out, old, y, stage.n_old, stage.lam)  # L_ce, lambda L_dis^G, L_mr
+            loop.step(sum(terms.values()))  # Eq. 9: their sum
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             correct += (out.logits.argmax(1) == y).sum()
-        sched.step()
-        seen = len(perm)
-        if shard[1] > 1:  # every rank sums the same epoch, so every rank takes the same decisions
-            keys = sorted(sums)
-            total = all_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys]
-                                        + [correct.double(), torch.tensor(float(sum(map(len, batches))),
-                                                                          dtype=torch.float64, device=device)]))
-            sums = dict(zip(keys, total[:-2]))
-            correct, seen = total[-2], float(total[-1])
-        summary = {k: float(v) / seen for k, v in sums.items()}
-        bad = [k for k, v in summary.items() if not np.isfinite(v)]
-        if bad:
-            raise TrainingDiverged(f"loss term {', '.join(bad)} became {summary[bad[0]]} in {desc}, epoch "
-                                   f"{epoch + 1}; checkpoints of finished phases are kept")
-        summary["train_acc"] = float(correct) / seen
+        loop.sched.step()
+        summary = _epoch_summary(sums, correct, sum(map(len, batches)), device, f"{stage.desc}, epoch {epoch + 1}")
         bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()}, refresh=False)
-        if checkpoint is not None and checkpoint.due(epoch + 1, epochs):
-            scheduler_state = {k: v for k, v in sched.state_dict().items() if k != "milestones"}
-            checkpoint.save(stage, epoch + 1, {
-                "model": _cpu_state(model), "old_model": None if old_model is None else _cpu_state(old_model),
-                "optimizer": opt.state_dict(), "scheduler": scheduler_state, "scaler": scaler.state_dict(),
-                "generator": generator.get_state(), "rng": _rng_state(device), "summary": summary})
-        if checkpoint is not None and checkpoint.on_epoch is not None:
-            checkpoint.on_epoch(desc, epoch + 1, epochs)
+        loop.save_epoch(checkpoint, epoch + 1, summary)
     bar.close()
     sync_module(model)  # rank 0's weights and BatchNorm statistics on every rank
+    return summary
+
+
+class _Loop:
+    """What a training loop carries from epoch to epoch, and its epoch checkpoint holds: the model,
+    the frozen old model, SGD with momentum, its lr schedule (stepped per epoch), the float16
+    gradient scaler (a pass-through otherwise), the phase's generator and torch's global one."""
+
+    def __init__(self, model: Net, old_model: Net | None, params, stage: Stage, c: Config, device, generator):
+        self.model, self.old_model, self.stage, self.device, self.generator = model, old_model, stage, device, generator
+        # fused_sgd off: torch's default SGD, exactly as before the switch existed
+        self.opt = torch.optim.SGD(params, lr=stage.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   **({"fused": True} if c.fused_sgd else {}))
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(stage.milestones), gamma=c.lr_gamma)
+        self.scaler = grad_scaler(torch.device(device), c.amp)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+
+    def resume(self, checkpoint: EpochCheckpoint | None) -> tuple[int, dict]:
+        """(epochs done, their last summary), from the checkpoint's state for the stage, which the
+        loop takes on; (0, {}) without one."""
+        state = checkpoint.state_for(self.stage.name) if checkpoint is not None else None
+        if state is None:
+            return 0, {}
+        self.model.load_state_dict(state["model"])
+        if self.old_model is not None:
+            self.old_model.load_state_dict(state["old_model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])  # its milestones come from the config
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        _set_rng_state(state["rng"], self.device)
+        return state["epoch"], state["summary"]
+
+    def save_epoch(self, checkpoint: EpochCheckpoint | None, epoch: int, summary: dict) -> None:
+        """After `epoch` epochs: the loop's state into the checkpoint if due, then its observer."""
+        if checkpoint is not None and checkpoint.due(epoch, self.stage.epochs):
+            checkpoint.save(self.stage.name, epoch, {
+                "model": _cpu_state(self.model),
+                "old_model": None if self.old_model is None else _cpu_state(self.old_model),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": {k: v for k, v in self.sched.state_dict().items() if k != "milestones"},
+                "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
+                "rng": _rng_state(self.device), "summary": summary})
+        if checkpoint is not None and checkpoint.on_epoch is not None:
+            checkpoint.on_epoch(self.stage.desc, epoch, self.stage.epochs)
+
+
+def _epoch_summary(sums: dict, correct: torch.Tensor, seen: int, device, where: str) -> dict:
+    """The epoch's mean loss terms and training accuracy; under torchrun its sums are summed over
+    the ranks first, so that every rank takes the same decisions. A term turned NaN or infinite
+    stops the run."""
+    if world_size() > 1:
+        keys = sorted(sums)
+        total = all_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device)
+                                     for v in [*(sums[k] for k in keys), correct, float(seen)]]))
+        sums, correct, seen = dict(zip(keys, total[:-2])), total[-2], float(total[-1])
+    summary = {k: float(v) / seen for k, v in sums.items()}
+    bad = [k for k, v in summary.items() if not np.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(f"loss term {', '.join(bad)} became {summary[bad[0]]} in {where}; "
+                               f"checkpoints of finished phases are kept")
+    summary["train_acc"] = float(correct) / seen
     return summary
 
 
@@ -332,9 +368,9 @@ def base_partial_path(cache: Path) -> Path:
 def train_base(model: Net, data: Dataset, classes: range, c: Config, device, gen,
                checkpoint: EpochCheckpoint | None = None) -> None:
     idx = torch.nonzero(data.train_labels < classes.stop).flatten()
-    train_epochs(model, None, data, idx, c, model.parameters(), c.base_epochs or c.epochs, c.lr,
-                 c.base_lr_milestones or c.lr_milestones, 0, 0.0, device, gen,
-                 desc=f"phase 0 (base, {len(classes)} classes)", checkpoint=checkpoint)
+    stage = Stage(f"phase 0 (base, {len(classes)} classes)", epochs=c.base_epochs or c.epochs, lr=c.lr,
+                  milestones=c.base_lr_milestones or c.lr_milestones)
+    train_epochs(model, None, data, idx, model.parameters(), stage, c, device, gen, checkpoint)
 
 
 def phase_lambda(c: Config, classes: range) -> float:
@@ -366,8 +402,9 @@ def train_incremental(model: Net, data: Dataset, classes: range, memory: dict, c
     else:
         new_idx = torch.nonzero((data.train_labels >= n_old) & (data.train_labels < classes.stop)).flatten()
         idx = torch.cat([new_idx, torch.tensor(memory_indices(memory), dtype=torch.long)])
-    train_epochs(model, old_model, data, idx, c, params, c.epochs, c.lr, c.lr_milestones, n_old, lam, device,
-                 gen, desc=f"phase {phase} ({n_old}+{n_new} classes)", checkpoint=checkpoint)
+    stage = Stage(f"phase {phase} ({n_old}+{n_new} classes)", epochs=c.epochs, lr=c.lr, milestones=c.lr_milestones,
+                  n_old=n_old, lam=lam)
+    train_epochs(model, old_model, data, idx, params, stage, c, device, gen, checkpoint)
     merge_head(model)
     return lam
 
@@ -398,9 +435,9 @@ def class_balanced_finetune(model: Net, data: Dataset, memory: dict, c: Config, 
                             checkpoint: EpochCheckpoint | None = None) -> None:
     """CBF (end of Sec. 3.5): only the classifier trains, on the exemplars of all seen classes."""
     idx = torch.tensor(memory_indices(memory), dtype=torch.long)
-    train_epochs(model, None, data, idx, c, model.head.parameters(), c.cbf_epochs, c.cbf_lr,
-                 c.cbf_lr_milestones, 0, 0.0, device, gen, desc=f"phase {phase} CBF", frozen_backbone=True,
-                 checkpoint=checkpoint, stage="cbf")
+    stage = Stage(f"phase {phase} CBF", epochs=c.cbf_epochs, lr=c.cbf_lr, milestones=c.cbf_lr_milestones,
+                  frozen_backbone=True, name="cbf")
+    train_epochs(model, None, data, idx, model.head.parameters(), stage, c, device, gen, checkpoint)
 
 
 def evaluate(model: Net, data: Dataset, memory: dict, ranges: list[range], c: Config, device) -> tuple[dict, dict]:

@@ -318,9 +318,9 @@ def _record_train_sizes(monkeypatch):
     sizes = []
     real = trainer.train_epochs
 
-    def recording(model, old_model, data, train_idx, *args, **kwargs):
-        sizes.append((kwargs.get("desc", ""), len(train_idx), old_model is not None))
-        return real(model, old_model, data, train_idx, *args, **kwargs)
+    def recording(model, old_model, data, train_idx, params, stage, *args, **kwargs):
+        sizes.append((stage.desc, len(train_idx), old_model is not None))
+        return real(model, old_model, data, train_idx, params, stage, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_epochs", recording)
     return sizes
