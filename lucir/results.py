@@ -182,6 +182,17 @@ def load_metrics(out_dir) -> dict:
     return json.loads((Path(out_dir) / "metrics.json").read_text())
 
 
+CLOCK_FIELDS = ("train_seconds", "wall_seconds_this_call")  # of a run; each phase has its "seconds"
+
+
+def without_clocks(metrics: dict) -> dict:
+    """metrics.json less its wall-clock fields: what two runs of one config share when they are the
+    same computation (the machine's speed and load set only the clocks)."""
+    out = {k: v for k, v in metrics.items() if k not in CLOCK_FIELDS}
+    out["phases"] = [{k: v for k, v in p.items() if k != "seconds"} for p in metrics["phases"]]
+    return out
+
+
 def is_complete(out_dir) -> bool:
     """metrics.json says complete and the final phase's checkpoint it vouches for is there."""
     return _says_complete(out_dir) and missing_final_checkpoint(out_dir) is None

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lucir
+from lucir import results as res
 
 # One intra-op thread: the runs here are tiny, and on a 2-core machine shared with other
 # processes, OpenMP threads waiting on a busy core made single tests 20x slower.
@@ -76,12 +77,7 @@ def reference_run(tmp_path_factory, cache_dir):
     return config, out, metrics
 
 
-def comparable(metrics: dict) -> dict:
-    """metrics.json without the wall-clock fields, for run-to-run comparisons."""
-    drop = {"train_seconds", "wall_seconds_this_call"}
-    out = {k: v for k, v in metrics.items() if k not in drop}
-    out["phases"] = [{k: v for k, v in p.items() if k != "seconds"} for p in metrics["phases"]]
-    return out
+comparable = res.without_clocks  # metrics.json without the wall-clock fields, for run-to-run comparisons
 
 
 def phase_state(out_dir: Path, phase: int) -> dict:
