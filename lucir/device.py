@@ -94,7 +94,10 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
     repeats to the bit; otherwise torch's defaults, with cuDNN's benchmark search on CUDA. Process-
     wide: each run sets it at its start, so a worker training several runs gives each its own."""
     if enabled:
-        # cuBLAS repeats its sums only with a fixed workspace (read when CUDA creates its handle)
+        # cuBLAS repeats its sums only with a fixed workspace, read when CUDA creates its handle; it
+        # stays set, not scoped (environment below): torch checks it again at every cuBLAS call
+        # under use_deterministic_algorithms. The one write to os.environ the run makes, and only
+        # in the GPU's repeat mode.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = device.type == "cuda" and not enabled
@@ -108,6 +111,21 @@ MPS_CONTROL = "nvidia-cuda-mps-control"
 class MPSUnavailable(RuntimeError):
     """NVIDIA's Multi-Process Service could not be started here (no control binary, no GPU, a
     refused start); the runs then share the GPU by time slicing, as without it."""
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """os.environ with `values` (those not set already) for the duration of the block, and as it
+    was after it: for what another library reads from the environment while the block runs (a
+    spawned worker's OpenMP, Ray starting its raylet), so that a call of ours leaves the caller's
+    environment unchanged."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager

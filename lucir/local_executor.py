@@ -23,6 +23,7 @@ from pathlib import Path
 from . import experiments
 from . import results as res
 from .config import one_line
+from .device import environment
 from .scheduler import PROGRESS_FILE, DeadlineReached, RunExecutor, RunTask
 
 
@@ -144,14 +145,16 @@ class LocalExecutor(RunExecutor):
 
     def __init__(self, slots: list[Slot], work=execute_run):
         self.slots, self.work = list(slots), work
+        self.spawn_env: dict = {}  # what a worker's environment holds beyond this process's
         if sum(s.threads for s in self.slots if s.device == "cpu") > cpu_threads():
             # More threads than cores (runs at once keep a by-hand run's thread count): OpenMP
             # threads that spin while they wait would take the cores from the other runs (measured
             # on 2 cores, two 2-thread ResNet-32 steps: 133 images/s in all spinning, 314 passive,
             # 330 for one alone). The numbers do not depend on it. OpenMP reads its wait policy
             # once, when torch loads, before a worker's initializer runs, and a 'spawn' worker
-            # starts with this process's environment: this is the one way to hand it to them.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            # starts with the environment this process has when it is spawned (at the first
+            # submit to its pool): the policy is set around that, and this process's left as it is.
+            self.spawn_env["OMP_WAIT_POLICY"] = "PASSIVE"
         self.context = multiprocessing.get_context("spawn")
         self.pools = {s.index: self._pool(s) for s in self.slots}
         self.runs: dict = {}  # slot index -> (task, future) of the slot's latest run
@@ -176,8 +179,9 @@ class LocalExecutor(RunExecutor):
     def submit(self, task: RunTask) -> Future:
         slot = next(s for s in self.slots if self._running(s) is None)
         future = Future()
-        self.pools[slot.index].submit(self.work, task, slot).add_done_callback(
-            lambda done: self._finish(slot, task, done, future))
+        with environment(**self.spawn_env):  # the pool spawns its worker here, the first time
+            done = self.pools[slot.index].submit(self.work, task, slot)
+        done.add_done_callback(lambda d: self._finish(slot, task, d, future))
         self.runs[slot.index] = (task, future)
         return future
 

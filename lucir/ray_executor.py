@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import results as res
 from .config import one_line
+from .device import environment
 from .local_executor import Slot, cpu_threads, execute_run
 from .scheduler import ExecutorError, RunExecutor, RunTask, base_phase_file
 
@@ -295,12 +296,12 @@ class RayExecutor(RunExecutor):
                 if address:
                     join_cluster(ray, address)
                 else:  # a busy machine can take over Ray's default 30 s to start the local raylet
-                    # This stays an environment variable of this process: ray.init waits for the
-                    # raylet in this process (Ray's C++ GlobalStateAccessor::GetNode), whose Ray config
-                    # reads RAY_<name> from the environment when it is first used; ray.init has no
-                    # argument for it, and its _system_config reaches only the cluster's processes.
-                    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-                    ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
+                    # An environment variable of this process while ray.init runs: it waits for the
+                    # raylet here (Ray's C++ GlobalStateAccessor::GetNode), whose Ray config reads
+                    # RAY_<name> from the environment when it is first used; ray.init has no argument
+                    # for it, and its _system_config reaches only the cluster's processes.
+                    with environment(RAY_raylet_start_wait_time_s="120"):
+                        ray.init(num_cpus=num_cpus or cpu_threads(), include_dashboard=False, log_to_driver=False)
                 break
             except ExecutorError:
                 raise
