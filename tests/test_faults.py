@@ -5,8 +5,8 @@ milestones outside the epochs, CIFAR pickles that would run code or are garbage,
 with nothing listening or a silent server, truncated cache and config files, a corrupt JPEG, a
 missing data folder. Each ends in one line on stderr naming the file or address and a non-zero
 exit, and once the fault is removed the same command ends with the metrics (and weights) of a run
-never interrupted (for the Ray address: once a Ray head is started there, and with its token); not
-for the milestones, where the fault is the command itself.
+never interrupted (for the Ray address: once a Ray head is started there, and with its token; for
+the milestones: once they lie inside the epochs).
 
 The mounts need root (as on the CI machine); without it those tests are skipped."""
 from __future__ import annotations
@@ -220,6 +220,18 @@ def test_milestones_outside_the_epochs_of_their_stage_are_refused_in_one_line(tm
     assert refused.returncode == 2 and named in one_line(refused.stderr)
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_run_refused_for_its_milestones_ends_as_one_never_refused_once_they_lie_inside(tmp_path, reference):
+    """The fault removed: the same command with the milestone inside the epochs trains the run that
+    an uninterrupted command trains, nothing left behind by the refusal."""
+    out = tmp_path / "run"
+    refused = lucir_run([*args_for(out), "--set", "lr_milestones=200"], timeout=240)
+    assert refused.returncode == 2 and "lr_milestones = 200 has 200 outside the epochs = 2" in one_line(refused.stderr)
+    assert not out.exists()
+    fixed = lucir_run(args_for(out))
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert_uninterrupted(out, reference)
 
 # --------------------------------------------------------------------------- item 3: a data folder runs nothing
 class _CreatesAFile:
