@@ -70,11 +70,7 @@ def plan_tasks(profile: str, results: Path, runtime: dict) -> tuple[str, list[sc
 def work_done(task: scheduler.RunTask) -> float:
     """Image-steps of the task that its folder holds: finished phases plus the epochs of the phase
     under way (from its epoch checkpoint)."""
-    folder = Path(task.folder)
-    try:
-        phases = len(json.loads((folder / "metrics.json").read_text())["phases"])
-    except (OSError, ValueError, KeyError):
-        phases = 0
+    phases = res.phases_done(task.folder)
     done = sum(task.cost[:phases])
     state = _epoch_state(task)
     if state and phases < len(task.cost) and state["stage"] == "train":
@@ -102,10 +98,7 @@ def describe(task: scheduler.RunTask) -> str:
     if res.is_complete(task.folder):
         return "complete"
     state = _epoch_state(task)
-    try:
-        phases = len(json.loads((Path(task.folder) / "metrics.json").read_text())["phases"])
-    except (OSError, ValueError, KeyError):
-        phases = 0
+    phases = res.phases_done(task.folder)
     if state:
         stage = " (class-balanced finetune)" if state["stage"] == "cbf" else ""
         return (f"under way: phase {state['phase']} of {task.config.phases}{stage}, "

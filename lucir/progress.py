@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from . import bars
+from . import results as res
 from .scheduler import PROGRESS_FILE, RunTask, costs_with_shared_bases
 
 # The work (in image-epochs) that loading the data and starting a kernel costs, for the progress bar.
@@ -25,7 +26,7 @@ class Progress:
     def __init__(self, tasks: list[RunTask], notebooks: int, desc: str, enabled: bool = True):
         from tqdm.auto import tqdm
         self.tqdm, self.enabled, self.desc = tqdm, enabled, desc
-        self.tracked = [(Path(t.folder), costs, self._phases_done(Path(t.folder)))
+        self.tracked = [(Path(t.folder), costs, res.phases_done(t.folder))
                         for t, costs in zip(tasks, costs_with_shared_bases(tasks))]
         self.total = sum(sum(c[k0:]) for _, c, k0 in self.tracked) + NOTEBOOK_OVERHEAD * (notebooks + 1)
         self.notebooks_done, self.lock, self.stop = 0, threading.Lock(), threading.Event()
@@ -41,19 +42,12 @@ class Progress:
         self.watcher = threading.Thread(target=self._watch, daemon=True)
         self.watcher.start()
 
-    @staticmethod
-    def _phases_done(folder: Path) -> int:
-        try:
-            return len(json.loads((folder / "metrics.json").read_text())["phases"])
-        except (OSError, ValueError, KeyError):
-            return 0
-
     def work_done(self) -> float:
         """Finished phases, plus the epochs trained so far in a phase under way: a phase of a long
         run (the paper's base phase: hours) would otherwise hold the bar and its ETA still."""
         done = 0.0
         for f, c, k0 in self.tracked:
-            k = max(k0, self._phases_done(f))
+            k = max(k0, res.phases_done(f))
             done += sum(c[j] * (1.0 - self.found_at.get((f, j), 0.0)) for j in range(k0, k))
             done += c[k] * self._share_of_phase(f, k, k == k0) if k < len(c) else 0.0
         return min(done + NOTEBOOK_OVERHEAD * self.notebooks_done, self.work_to_do())

@@ -193,6 +193,14 @@ def without_clocks(metrics: dict) -> dict:
     return out
 
 
+def phases_done(out_dir) -> int:
+    """How many phases a run folder's metrics.json records as finished (0 without a readable one)."""
+    try:
+        return len(load_metrics(out_dir)["phases"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def is_complete(out_dir) -> bool:
     """metrics.json says complete and the final phase's checkpoint it vouches for is there."""
     return _says_complete(out_dir) and missing_final_checkpoint(out_dir) is None
