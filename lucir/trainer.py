@@ -229,7 +229,8 @@ def train_epochs(model: Net, old_model: Net | None, data: Dataset, train_idx: to
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             correct += (out.logits.argmax(1) == y).sum()
         loop.sched.step()
-        summary = _epoch_summary(sums, correct, sum(map(len, batches)), device, f"{stage.desc}, epoch {epoch + 1}")
+        seen = sum(len(y) for y in targets[:len(batches)])  # this rank's images: the all-reduce adds the ranks'
+        summary = _epoch_summary(sums, correct, seen, device, f"{stage.desc}, epoch {epoch + 1}")
         bar.set_postfix({k: f"{v:.3f}" for k, v in summary.items()}, refresh=False)
         loop.save_epoch(checkpoint, epoch + 1, summary)
     bar.close()

@@ -5,8 +5,9 @@
 Writes RECORD_DIR/rank<r>.json: everything rank 0 shared with the ranks (exemplar memory, metric
 rows, the base-cache decision) as this rank received it, a digest of this rank's model after
 every training call (weights and BatchNorm statistics), for every feature extraction the number
-of batches in all and this rank's block of them (rank_slice), and the metrics run_incremental
-returned.
+of batches in all and this rank's block of them (rank_slice), for every epoch the images and
+right answers of this rank and the training accuracy of the epoch's summary, and the metrics
+run_incremental returned.
 tests/test_distributed.py compares the ranks' files.
 """
 import hashlib
@@ -28,9 +29,15 @@ def model_digest(model) -> str:
 
 def main() -> int:
     record_dir, argv = Path(sys.argv[1]), sys.argv[2:]
-    record = {"shared": [], "models": [], "slices": [], "metrics": None}
+    record = {"shared": [], "models": [], "slices": [], "epochs": [], "metrics": None}
     real_share, real_train, real_run = trainer.share, trainer.train_epochs, trainer.run_incremental
     real_slice = trainer.rank_slice
+    real_summary = trainer._epoch_summary
+
+    def epoch_summary(sums, correct, seen, *args):
+        summary = real_summary(sums, correct, seen, *args)
+        record["epochs"].append({"correct": float(correct), "seen": seen, "train_acc": summary["train_acc"]})
+        return summary
 
     def share(obj):
         got = real_share(obj)
@@ -53,7 +60,7 @@ def main() -> int:
         return metrics
 
     trainer.share, trainer.train_epochs, trainer.run_incremental = share, train_epochs, run_incremental
-    trainer.rank_slice = rank_slice
+    trainer.rank_slice, trainer._epoch_summary = rank_slice, epoch_summary
     rc = cli.main(argv)
     record_dir.mkdir(parents=True, exist_ok=True)
     (record_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record))

@@ -111,6 +111,17 @@ def _kill_ranks_of(out: Path) -> None:
     raise AssertionError(f"processes on {out} outlived SIGKILL for 60 s")
 
 
+
+def test_an_epochs_summary_counts_each_image_once_over_the_ranks(ddp_run):
+    """The training accuracy (and the mean loss terms) of an epoch: the ranks' right answers over
+    the epoch's images, each image counted by the rank that trained on it, the same on both ranks.
+    The first epoch is the base phase's: 2 classes of 24 images, three global batches of 16."""
+    _, rank0, rank1 = ddp_run
+    assert len(rank0["epochs"]) == len(rank1["epochs"]) > 1
+    for a, b in zip(rank0["epochs"], rank1["epochs"]):
+        assert a["train_acc"] == b["train_acc"] == (a["correct"] + b["correct"]) / (a["seen"] + b["seen"])
+    assert rank0["epochs"][0]["seen"] + rank1["epochs"][0]["seen"] == 2 * 24
+
 def test_killed_ddp_run_resumes_to_the_uninterrupted_phases(ddp_run, tmp_path):
     ref_out, _, _ = ddp_run
     out = tmp_path / "run"
