@@ -28,7 +28,8 @@ from pathlib import Path
 from . import carry, costs, local_executor, provenance, scheduler
 from .device import MPSUnavailable, mps_daemon
 from . import results as res
-from .profiles import StudyError, build_pairs, load_profile
+from .profiles import build_pairs
+from .studies import StudyError, load_profile
 
 REPO_ROOT = provenance.REPO_ROOT
 

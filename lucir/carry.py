@@ -61,7 +61,8 @@ def profile_base_phases(profiles: list[str], data_root: Path, cache_dir: Path) -
     that the runs of `profiles` share and that are cached already. A file cached under the old
     key (the data folder's path, lucir.trainer.base_cache_path) travels under the new one, so that
     the other machine finds it under its own data folder."""
-    from .profiles import build_pairs, load_profile
+    from .profiles import build_pairs
+    from .studies import load_profile
     from .trainer import base_cache_paths
     found = {}
     for name in profiles:

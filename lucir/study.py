@@ -43,8 +43,8 @@ from .config import ConfigError, one_line
 from .notebook_runner import error_text, execute_pair, is_done, kernel_env, marker_seconds
 from .plan_text import print_plan
 from .progress import Progress
-from .profiles import (SELECT_KEYS, StudyError, available_profiles, build_pairs, load_profile, parse_selection,
-                       profile_parameter)
+from .profiles import SELECT_KEYS, build_pairs, parse_selection, profile_parameter
+from .studies import StudyError, available_profiles, load_profile
 from .study_data import data_provenance, preflight_data
 
 REPO_ROOT = provenance.REPO_ROOT

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import provenance
-from .profiles import Pair, StudyError
+from .profiles import Pair
+from .studies import StudyError
 
 
 def data_provenance(pairs: list[Pair]) -> list[dict]:

@@ -15,7 +15,7 @@ import yaml
 import lucir
 from lucir import campaign, carry, costs
 from lucir.device import MPSUnavailable, mps_daemon
-from lucir.profiles import load_profile
+from lucir.studies import load_profile
 
 from conftest import CIFAR_DIR, DATA_ROOT, comparable, need
 

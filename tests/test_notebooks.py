@@ -106,25 +106,46 @@ def test_parameters_cell_is_typed_commented_literals_that_papermill_reads(path):
     assert list(pm.inspect_notebook(str(path))) == names
 
 
+def lucir_imports(path: Path) -> set[str]:
+    """The lucir modules a notebook's code cells import."""
+    found = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lucir":
+                found |= {node.module} if node.module != "lucir" else {f"lucir.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "lucir"}
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_uses_only_its_figures_module(path):
+    """A figure's notebook imports its figure's module and nothing else of the study's layers (its
+    config comes through its Figure); the report's notebook, lucir.report."""
+    expected = {"lucir.report"} if path.stem == "report" else {f"lucir.figures.{path.stem}"}
+    assert lucir_imports(path) == expected
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_default_parameters_are_the_quick_profile(name, tmp_path):
     """Run All in JupyterLab with the defaults runs the quick setting on real CIFAR-100: it finishes
     on a CPU and, after the README's main command, loads that study's runs instead of retraining.
     The config is not copied into the notebook: it comes from studies/quick.yaml (`profile`), as
-    the notebook reads it (profiles.shared under config_overrides)."""
-    from lucir import profiles
+    the notebook reads it (its figure's config(profile, config_overrides))."""
+    from lucir import profiles, studies
     inspected = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
     defaults = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
     assert defaults["profile"] == "quick" and defaults["config_overrides"] == {}, "no config copied"
-    defaults["config_overrides"] = profiles.shared(defaults["profile"]) | defaults["config_overrides"]
-    _, path, quick = profiles.load_profile("quick")
+    defaults["config_overrides"] = FIGURES[name].config(defaults["profile"], defaults["config_overrides"])
+    _, path, quick = studies.load_profile("quick")
     [pair] = profiles.build_pairs(quick, tmp_path, [name], {}, profile=profiles.profile_parameter("quick", path))
     assert defaults == pair.parameters | {"results_dir": "results/quick"}
     plan_args = {k: v for k, v in defaults.items() if k not in profiles.NOT_PLANNED}
     plan = FIGURES[name].plan(**plan_args)
     assert {experiments.run_name(r.config()) for r in plan} == {experiments.run_name(r.config()) for r in pair.plan}
     # and the paper profile (its shared config: none) is the paper's CIFAR-100 setting
-    paper = plan_args | {"config_overrides": profiles.shared("paper")}
+    paper = plan_args | {"config_overrides": studies.shared("paper")}
     if name == "exemplar_count":
         paper["memory_per_class"] = [5, 10, 20]
     configs = [r.config() for r in FIGURES[name].plan(**paper)]

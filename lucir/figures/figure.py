@@ -3,8 +3,9 @@ words, the plan of runs its notebook asks for, its tidy table, its plot, its che
 paper and the body of its report section. Each module of lucir.figures builds one; the
 registry (lucir.figures.FIGURES) lists them in the report's order.
 
-A figure's notebook uses only its `Figure`: `setup()`, `run(...)` (train or load the plan's
-runs, write the tidy table), `overview(results)`, `plot(table)` and `summary(table)`.
+A figure's notebook uses only its `Figure`: `setup()`, `config(profile, overrides)` (the config
+its runs start from), `run(...)` (train or load the plan's runs, write the tidy table),
+`overview(results)`, `plot(table)` and `summary(table)`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Callable
 import pandas as pd
 
 from .. import experiments as ex
-from .. import plots
+from .. import plots, studies
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Figure:
     def setup(self) -> None:
         """The look of every plot."""
         plots.setup()
+
+    def config(self, profile: str, overrides: dict) -> dict:
+        """The config fields every run of the notebook starts from: the profile's shared ones (a
+        name in studies/ or a .yaml path), `overrides` over them."""
+        return studies.shared(profile) | overrides
 
     def run(self, parameters: dict, results_dir, setting: str, started: float | None = None):
         """Train or load every run of the plan, write the tidy table (ex.write_table); return
