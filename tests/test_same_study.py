@@ -1,6 +1,7 @@
 """scripts/same_study.py, the before-and-after check of a change of code (issue 34): two copies of
-one real run's results are the same whatever their clocks say, and a byte of a table, a metric or a
-weight changed in one copy is found and named."""
+one real run's results are the same whatever their clocks say (metrics, a table's run_seconds, a
+checkpoint's history), and a byte of a table, a metric or a weight changed in one copy is found
+and named."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ def results_folder(root: Path, run: Path) -> Path:
     """A study's results folder holding `run` and one table."""
     shutil.copytree(run, root / "runs" / "cifar100-b4-p2-s0-000000000000")
     (root / "tables" / "main_curves").mkdir(parents=True)
-    (root / "tables" / "main_curves" / "synthetic.csv").write_text("phase,acc\n0,0.5\n1,0.25\n")
+    (root / "tables" / "main_curves" / "synthetic.csv").write_text("phase,acc,run_seconds\n0,0.5,12.5\n1,0.25,12.5\n")
     return root
 
 
@@ -30,10 +31,17 @@ def test_the_same_results_are_the_same_whatever_their_clocks_and_each_change_is_
     m["train_seconds"] += 100.0
     m["phases"][0]["seconds"] += 7.0  # another machine's load: not a difference
     metrics.write_text(json.dumps(m))
-    assert same_study.main([str(before), str(after)]) == 0
-    assert "the same: 1 tables and 1 runs compared, 0 differ" in capsys.readouterr().out
-
     table = after / "tables" / "main_curves" / "synthetic.csv"
+    table.write_text(table.read_text().replace("12.5", "13.25"))  # the table's wall clock
+    checkpoint = same_study.final_checkpoint(metrics.parent)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["history"][0]["seconds"] += 7.0  # and the checkpoint's
+    torch.save(state, checkpoint)
+    assert same_study.main([str(before), str(after)]) == 0
+    out = capsys.readouterr().out
+    assert "the same cells but the wall-clock column(s) run_seconds" in out
+    assert "the same: 1 tables and 1 runs compared, 0 differ" in out
+
     table.write_text(table.read_text().replace("0.25", "0.26"))
     assert same_study.main([str(before), str(after)]) == 1
     assert "DIFFERS  tables/main_curves/synthetic.csv: the bytes differ" in capsys.readouterr().out
@@ -45,8 +53,6 @@ def test_the_same_results_are_the_same_whatever_their_clocks_and_each_change_is_
     assert "metrics differ: phases" in capsys.readouterr().out
     shutil.copy(before / "runs" / "cifar100-b4-p2-s0-000000000000" / "metrics.json", metrics)
 
-    checkpoint = same_study.final_checkpoint(metrics.parent)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     weight = next(k for k, v in state["model"].items() if v.is_floating_point())
     flat = state["model"][weight].contiguous()
     flat.view(-1)[0] = torch.nextafter(flat.view(-1)[0], torch.tensor(1.0))
