@@ -196,6 +196,9 @@ class RunFiles:
 # How long joining a cluster may wait for its address to answer: ray.init itself retries an
 # unreachable or silent address for ever, printing a timeout line every 35 s.
 RAY_CONNECT_TIMEOUT_S = 60
+# How long a driver may take to join there once a gRPC server answers: Ray's own wait for a head's
+# raylet is 30 s, and a loaded machine is slower.
+RAY_JOIN_TIMEOUT_S = 120
 # What an HTTP/2 client sends first (its preface and an empty SETTINGS frame). Ray's GCS and its
 # client server speak gRPC, so they answer with a SETTINGS frame (type 4, the frame's 4th byte).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
@@ -252,7 +255,7 @@ REFUSED_TOKEN = ("InvalidAuthToken", "Unauthenticated")
 JOIN = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
 
 
-def join_cluster(ray, address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+def join_cluster(ray, address: str, timeout: float = RAY_JOIN_TIMEOUT_S) -> None:
     """ray.init at `address`, once a driver in a child process has joined there and left within
     `timeout` seconds: ray.init waits for ever on a server that speaks gRPC but is not a Ray
     cluster, and a child can be stopped. Where it did not join, an ExecutorError in one line (a
