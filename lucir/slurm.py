@@ -96,6 +96,7 @@ class SlurmExecutor(RunExecutor):
         self.slot = Slot(0, "cuda" if options.gpus else "cpu", options.cpus)
         self.runs: dict = {}  # job id -> (task, submitit job, its future), until the job ends
         self.completed_at: dict = {}  # job id -> when scontrol first said COMPLETED without a result file
+        self.error: Exception | None = None  # what stopped the thread that follows the jobs
         self.stopping = threading.Event()
         self.follower = threading.Thread(target=self._follow, name="slurm-jobs", daemon=True)
         self.follower.start()
@@ -118,6 +119,8 @@ class SlurmExecutor(RunExecutor):
 
     def submit(self, task: RunTask) -> Future:
         import submitit
+        if self.error is not None:
+            raise self.error
         future = Future()
         earlier = self._jobs_on_record().get(task.name)
         info = job_info(earlier) if earlier else {}
@@ -138,13 +141,21 @@ class SlurmExecutor(RunExecutor):
                 for job_id, (task, _, _) in list(self.runs.items())]
 
     def _follow(self) -> None:
-        """The driver's thread: every second, the result of each job that ended into its future."""
-        while not self.stopping.wait(1.0):
-            for job_id, (task, job, future) in list(self.runs.items()):
-                result = self._result(job_id, task, job)
-                if result is not None:
-                    del self.runs[job_id]
-                    future.set_result(result)
+        """The driver's thread: every second, the result of each job that ended into its future. An
+        error here (Slurm's commands gone, a result file unreadable) ends the futures under way and
+        every later submit, as the Ray executor's follower does, so that the study does not wait
+        for ever."""
+        try:
+            while not self.stopping.wait(1.0):
+                for job_id, (task, job, future) in list(self.runs.items()):
+                    result = self._result(job_id, task, job)
+                    if result is not None:
+                        del self.runs[job_id]
+                        future.set_result(result)
+        except Exception as e:  # noqa: BLE001
+            self.error = e
+            for _, _, future in list(self.runs.values()):
+                future.set_exception(e)
 
     def _result(self, job_id: str, task: RunTask, job) -> dict | None:
         """The run's result when its job has ended, else None."""
