@@ -34,7 +34,7 @@ from .trainer import run_incremental
 MAIN_CURVES = ("LUCIR-CNN", "LUCIR-NME", "iCaRL-CNN", "iCaRL-NME", "Joint-CNN")
 TABLE_COLUMNS = ["experiment", "setting", "dataset", "method", "variant", "classifier", "curve", "phases",
                  "seed", "class_order_seed", "class_order", "memory_per_class", "reduced", "phase", "classes_seen", "metric",
-                 "value", "run_dir", "run_seconds"]
+                 "value", "run_dir"]  # no wall clock: a table is the same bytes on any machine (see runs_overview)
 
 
 @dataclass
@@ -137,7 +137,7 @@ def tidy_curves(results: list[dict], experiment: str, setting: str) -> pd.DataFr
                   "class_order_seed": c.class_order_seed, "class_order": c.class_order_run,
                   "memory_per_class": c.memory_per_class,
                   "reduced": bool(published.setting_differences(c.to_dict())),
-                  "run_dir": str(r["run_dir"]), "run_seconds": m["train_seconds"]}
+                  "run_dir": str(r["run_dir"])}
         for p in m["phases"]:
             for clf in ("cnn", "nme"):
                 for metric in ("acc", "acc_old", "acc_new"):

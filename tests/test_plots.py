@@ -35,7 +35,7 @@ def _confusion_study(root, n=10, n_old=6, per=5) -> pd.DataFrame:
             rows.append(dict(experiment="confusion_matrices", setting="s", dataset="cifar100", method=method,
                              variant="", classifier=clf, curve=curve, phases=1, seed=0, class_order_seed=1993,
                              memory_per_class=20, reduced=True, phase=phase, classes_seen=seen, metric="acc",
-                             value=acc, run_dir=str(run), run_seconds=1.0))
+                             value=acc, run_dir=str(run)))
     return pd.DataFrame(rows, columns=ex.TABLE_COLUMNS)
 
 

@@ -53,7 +53,7 @@ def _table(reduced: bool, values: dict, setting: str) -> pd.DataFrame:
                                  method=curve.split("-")[0], variant="", classifier=curve.split("-")[1], curve=curve,
                                  phases=5, seed=seed, class_order_seed=1993, memory_per_class=20, reduced=reduced,
                                  phase=phase, classes_seen=50 + 10 * phase, metric="acc", value=acc + seed,
-                                 run_dir=f"{setting}/{curve.split('-')[0]}-{seed}", run_seconds=1.0))
+                                 run_dir=f"{setting}/{curve.split('-')[0]}-{seed}"))
     return pd.DataFrame(rows, columns=ex.TABLE_COLUMNS)
 
 

@@ -66,3 +66,21 @@ def test_a_folder_that_is_not_a_studys_results_is_one_line(tmp_path, capsys):
     assert same_study.main([str(tmp_path), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a study's results folder" in err
+
+
+def test_a_tidy_table_holds_no_wall_clock_so_two_machines_write_the_same_bytes(tmp_path, reference_run):
+    """The before-and-after check compares tables byte for byte: a run's training seconds (another
+    machine's speed) stay in the runs overview and runs.csv, out of the tables."""
+    from lucir import experiments as ex
+    config, run, metrics = reference_run
+    texts = []
+    for seconds in (metrics["train_seconds"], metrics["train_seconds"] + 250.0):
+        result = {"planned": ex.PlannedRun("LUCIR", "lucir"), "config": config, "run_dir": run,
+                  "metrics": metrics | {"train_seconds": seconds}}
+        table = ex.tidy_curves([result], "main_curves", "synthetic")
+        folder = tmp_path / str(seconds)
+        ex.write_table(table, folder, "main_curves", "synthetic", {})
+        texts.append(ex.table_path(folder, "main_curves", "synthetic").read_text())
+        assert "seconds" not in ",".join(table.columns)
+        assert ex.runs_overview([result])["train seconds"].iloc[0] == round(seconds, 2)
+    assert texts[0] == texts[1] and len(texts[0].splitlines()) == 1 + 6 * len(metrics["phases"])

@@ -41,8 +41,7 @@ def table(results: list[dict], setting: str) -> pd.DataFrame:
                              "memory_per_class": c.memory_per_class,
                              "reduced": bool(published.setting_differences(c.to_dict())),
                              "phase": last["phase"], "classes_seen": last["classes_seen"], "metric": metric,
-                             "value": float(value), "run_dir": str(r["run_dir"]),
-                             "run_seconds": r["metrics"]["train_seconds"], "class_index": k,
+                             "value": float(value), "run_dir": str(r["run_dir"]), "class_index": k,
                              "group": "old" if k < n_old else "new"})
     return pd.DataFrame(rows, columns=ex.TABLE_COLUMNS + ["class_index", "group"])
 
