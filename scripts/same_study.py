@@ -2,9 +2,9 @@
 (say `results/quick` of a clone before the change and of one after it, run on one machine)
 compared: every CSV under tables/ byte for byte (where the bytes differ: cell for cell, the text of
 each cell, less the wall-clock columns that a table may carry, such as the `run_seconds` of tables
-written before it moved to runs.csv), every run's
-metrics.json less its wall-clock fields (lucir.results.without_clocks), and every tensor and value
-of each run's final phase checkpoint (less the seconds in its history).
+written before it moved to runs.csv), every run's metrics.json less its wall-clock fields
+(lucir.results.without_clocks), and every tensor and value of each run's final phase checkpoint
+(less the seconds in its history).
 
     python scripts/same_study.py BEFORE/results/quick AFTER/results/quick
 
