@@ -257,9 +257,16 @@ JOIN = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray
 
 def join_cluster(ray, address: str, timeout: float = RAY_JOIN_TIMEOUT_S) -> None:
     """ray.init at `address`, once a driver in a child process has joined there and left within
-    `timeout` seconds: ray.init waits for ever on a server that speaks gRPC but is not a Ray
-    cluster, and a child can be stopped. Where it did not join, an ExecutorError in one line (a
-    refused token says what to set)."""
+    `timeout` seconds (`try_join`)."""
+    try_join(address, timeout)
+    ray.init(address=address, log_to_driver=False)
+
+
+def try_join(address: str, timeout: float = RAY_JOIN_TIMEOUT_S) -> None:
+    """A driver in a child process joins the cluster at `address` and leaves, within `timeout`
+    seconds: ray.init waits for ever on a server that speaks gRPC but is not a Ray cluster, and a
+    child can be stopped. Where it did not join, an ExecutorError in one line (a refused token says
+    what to set)."""
     try:
         child = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True, text=True,
                                timeout=timeout)
@@ -274,7 +281,6 @@ def join_cluster(ray, address: str, timeout: float = RAY_JOIN_TIMEOUT_S) -> None
                                 "RAY_AUTH_TOKEN or ~/.ray/auth_token (see `ray get-auth-token`)")
         last = child.stderr.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
         raise ExecutorError(f"Ray could not join the cluster at --address {address}: {one_line(last[0], 300)}")
-    ray.init(address=address, log_to_driver=False)
 
 
 class RayExecutor(RunExecutor):
