@@ -333,10 +333,7 @@ class RayExecutor(RunExecutor):
         self.tasks: dict = {}  # run name -> its task
         self.bases: dict = {}  # base-phase cache file -> its bytes in the object store
         self.runs: dict = {}  # object ref -> (task, its future), until the task ends
-        self.error: Exception | None = None  # what stopped the thread that follows the tasks
-        self.stopping = threading.Event()
-        self.follower = threading.Thread(target=self._follow, name="ray-tasks", daemon=True)
-        self.follower.start()
+        self.start_following("ray-tasks")
 
     @property
     def capacity(self) -> int:
@@ -347,8 +344,6 @@ class RayExecutor(RunExecutor):
         return f"executor ray: up to {self.slots} run(s) at once, each asking for {per_run}"
 
     def submit(self, task: RunTask) -> Future:
-        if self.error is not None:
-            raise self.error
         files, base = folder_files(Path(task.folder)), None
         if task.base is not None:
             model, partial = base_files(task.base).values()
@@ -360,11 +355,12 @@ class RayExecutor(RunExecutor):
                 files[BASE_PARTIAL] = partial.read_bytes()
         # max_retries: Ray starts the task again when its worker process or node dies; it then
         # resumes from the files the store holds
-        ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus, max_retries=3).remote(
-            task, files, self.device, self.cpus_per_run, self.store, base)
-        self.tasks[task.name] = task
         future = Future()
-        self.runs[ref] = (task, future)
+        with self.admitting():
+            ref = self.remote.options(num_cpus=self.cpus_per_run, num_gpus=self.num_gpus, max_retries=3).remote(
+                task, files, self.device, self.cpus_per_run, self.store, base)
+            self.tasks[task.name] = task
+            self.runs[ref] = (task, future)
         return future
 
     def _sync(self) -> None:
@@ -391,20 +387,17 @@ class RayExecutor(RunExecutor):
                 self._sync()
                 for ref in ready:
                     task, future = self.runs.pop(ref)
-                    self.store.forget.remote(task.name)
                     try:
                         future.set_result(self.ray.get(ref))
                     except Exception as e:  # noqa: BLE001  (the task or its node died more often than Ray retries)
                         future.set_exception(e)
+                    self.store.forget.remote(task.name)  # after: were the store gone, this run is ended
         except Exception as e:  # noqa: BLE001
-            self.error = e
-            for _, future in list(self.runs.values()):
-                future.set_exception(e)
+            self.end_following(e)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Tasks still under way are cancelled: their runs resume from their files another time."""
-        self.stopping.set()
-        self.follower.join()
+        self.stop_following()
         for ref, (_, future) in list(self.runs.items()):
             self.ray.cancel(ref, force=True)
             future.cancel()

@@ -19,8 +19,10 @@ Future of the run's result. They are:
 """
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +165,38 @@ class RunExecutor(Executor):
     def under_way(self) -> list[tuple[str, RunTask]]:
         """The runs submitted and not ended, each with where it runs, in the order the bar lists them."""
         raise NotImplementedError
+
+    # The executors whose runs a thread of their own follows (Ray, Slurm) keep each run under way in
+    # self.runs, as a tuple that ends in its future, and start that thread (their `_follow`) with
+    # `start_following`. submit works inside `admitting()`, and the thread ends on an error in
+    # `end_following`: both hold one lock, so a run submitted while the thread fails is either
+    # failed with the others or refused, never left with a future that nothing completes.
+    def start_following(self, name: str) -> None:
+        self.error: Exception | None = None  # what stopped the thread
+        self.guard = threading.Lock()  # held by `admitting` and `end_following`
+        self.stopping = threading.Event()
+        self.follower = threading.Thread(target=self._follow, name=name, daemon=True)
+        self.follower.start()
+
+    def stop_following(self) -> None:
+        self.stopping.set()
+        self.follower.join()
+
+    @contextmanager
+    def admitting(self):
+        """Around submit, from its check that the follower runs until its future is in self.runs."""
+        with self.guard:
+            if self.error is not None:
+                raise self.error
+            yield
+
+    def end_following(self, error: Exception) -> None:
+        """The follower thread's last act on an error: every run under way, and every later
+        submit, ends with it, so that the study does not wait for ever."""
+        with self.guard:
+            self.error = error
+            for *_, future in list(self.runs.values()):
+                future.set_exception(error)
 
 
 # --------------------------------------------------------------------------- the loop

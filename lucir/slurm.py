@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -96,10 +95,7 @@ class SlurmExecutor(RunExecutor):
         self.slot = Slot(0, "cuda" if options.gpus else "cpu", options.cpus)
         self.runs: dict = {}  # job id -> (task, submitit job, its future), until the job ends
         self.completed_at: dict = {}  # job id -> when scontrol first said COMPLETED without a result file
-        self.error: Exception | None = None  # what stopped the thread that follows the jobs
-        self.stopping = threading.Event()
-        self.follower = threading.Thread(target=self._follow, name="slurm-jobs", daemon=True)
-        self.follower.start()
+        self.start_following("slurm-jobs")
 
     @property
     def capacity(self) -> int:
@@ -119,18 +115,17 @@ class SlurmExecutor(RunExecutor):
 
     def submit(self, task: RunTask) -> Future:
         import submitit
-        if self.error is not None:
-            raise self.error
         future = Future()
-        earlier = self._jobs_on_record().get(task.name)
-        info = job_info(earlier) if earlier else {}
-        if info.get("JobState") in ACTIVE and info.get("JobName") == task.name:
-            # an earlier invocation's job for this run is still queued or running: follow it
-            self.runs[earlier] = (task, submitit.SlurmJob(self.folder / earlier, earlier), future)
-            return future
-        self.executor.update_parameters(job_name=task.name)
-        job = self.executor.submit(SlurmRun(), task, self.slot)
-        self.runs[str(job.job_id)] = (task, job, future)
+        with self.admitting():
+            earlier = self._jobs_on_record().get(task.name)
+            info = job_info(earlier) if earlier else {}
+            if info.get("JobState") in ACTIVE and info.get("JobName") == task.name:
+                # an earlier invocation's job for this run is still queued or running: follow it
+                self.runs[earlier] = (task, submitit.SlurmJob(self.folder / earlier, earlier), future)
+                return future
+            self.executor.update_parameters(job_name=task.name)
+            job = self.executor.submit(SlurmRun(), task, self.slot)
+            self.runs[str(job.job_id)] = (task, job, future)
         with res.locked(self.record.with_name(self.record.name + ".lock")):
             jobs = self._jobs_on_record() | {task.name: str(job.job_id)}
             res.write_json(self.record, jobs)
@@ -153,9 +148,7 @@ class SlurmExecutor(RunExecutor):
                         del self.runs[job_id]
                         future.set_result(result)
         except Exception as e:  # noqa: BLE001
-            self.error = e
-            for _, _, future in list(self.runs.values()):
-                future.set_exception(e)
+            self.end_following(e)
 
     def _result(self, job_id: str, task: RunTask, job) -> dict | None:
         """The run's result when its job has ended, else None."""
@@ -177,5 +170,4 @@ class SlurmExecutor(RunExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Jobs keep running when the study stops: a second invocation follows them."""
-        self.stopping.set()
-        self.follower.join()
+        self.stop_following()

@@ -3,7 +3,9 @@ folder under pytest's tmp dir so that no run of a test ever touches ~/.cache (th
 there on purpose is the simulated GPU image's venv, ~/.cache/lucir-gpu-image: tests/gpu_image.py)."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,60 @@ def process_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def submit_as_the_follower_fails(executor, pause_launch, first, second) -> dict:
+    """An executor whose runs a thread follows (Ray, Slurm): submit `first`, then `second` while
+    that thread fails. `pause_launch(pause)` makes the executor call pause() inside submit, after
+    its check that the follower runs and before the run's future is registered (the Ray task's
+    start, the Slurm job's sbatch). The follower fails there: its stop event raises. What each
+    future ended with (None while it has not ended 30 s after the failure), and what a third
+    submit raised."""
+    import threading
+    armed, failed, error = threading.Event(), threading.Event(), RuntimeError("the cluster is gone")
+
+    class FailingStop(threading.Event):
+        def is_set(self):
+            return self._fail() or super().is_set()
+
+        def wait(self, timeout=None):
+            return self._fail() or super().wait(timeout)
+
+        def _fail(self):
+            if armed.is_set():
+                failed.set()
+                raise error
+            return False
+
+    def pause():
+        armed.set()
+        assert failed.wait(60), "the follower thread did not look at its stop event"
+        deadline = time.time() + 2  # left alone, the follower ends the runs it knows of at once
+        while executor.error is None and time.time() < deadline:
+            time.sleep(0.01)
+
+    executor.stopping = FailingStop()
+    futures = {"first": executor.submit(first)}
+    pause_launch(pause)
+    try:
+        futures["second"] = executor.submit(second)
+    except RuntimeError as e:
+        futures["second"] = e
+    ended = {}
+    for key, future in futures.items():
+        if isinstance(future, Exception):
+            ended[key] = ("refused", future)
+            continue
+        try:
+            ended[key] = ("result", future.result(timeout=30))
+        except concurrent.futures.TimeoutError:
+            ended[key] = None
+        except Exception as e:  # noqa: BLE001
+            ended[key] = ("raised", e)
+    try:
+        executor.submit(second)
+        ended["third"] = None
+    except RuntimeError as e:
+        ended["third"] = ("refused", e)
+    ended["error"] = error
+    return ended

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, comparable, process_alive
+from conftest import TINY, comparable, process_alive, submit_as_the_follower_fails
 from lucir import results as res
 from lucir import local_executor, progress, ray_executor, run_incremental, scheduler
 from lucir import study as study_mod
@@ -484,6 +484,28 @@ def test_the_ray_executor_is_a_concurrent_futures_executor(tmp_path):
         assert isinstance(future.exception(timeout=300), Exception)
     results = scheduler.execute([_fake_task("b", tmp_path / "b")], ray_executor.RayExecutor(device="cpu", num_cpus=1))
     assert results["b"]["status"] == "failed" and "TypeError" in results["b"]["error"], results
+
+
+def test_a_run_submitted_while_the_ray_follower_fails_ends_with_its_error(tmp_path):
+    """The thread that follows the Ray tasks fails (the cluster gone) while a submit is between its
+    check that the thread runs and its future's registration: that future ends with the error, as
+    the run before it does, and a later submit is refused with it; none waits for ever."""
+    pytest.importorskip("ray")
+
+    def pause_launch(pause):
+        remote = executor.remote
+
+        class Paused:
+            def options(self, **kwargs):
+                pause()
+                return remote.options(**kwargs)
+        executor.remote = Paused()
+
+    with ray_executor.RayExecutor(device="cpu", num_cpus=1) as executor:
+        ended = submit_as_the_follower_fails(executor, pause_launch, _fake_task("a", tmp_path / "a"),
+                                             _fake_task("b", tmp_path / "b"))
+    assert ended["first"] is not None, "the run before it never ended"
+    assert ended["second"] == ("raised", ended["error"]) and ended["third"] == ("refused", ended["error"]), ended
 
 
 def test_a_failing_run_under_ray_is_reported_and_the_others_finish(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import comparable
+from conftest import comparable, submit_as_the_follower_fails
 from lucir.slurm import job_info
 from smoke_study import REPO, run_study
 
@@ -78,6 +78,28 @@ def test_the_slurm_executor_is_a_concurrent_futures_executor(slurm_cluster, tmp_
         assert [t.name for _, t in executor.under_way()] == ["a"]
         result = future.result(timeout=300)
     assert result["name"] == "a" and result["status"] == "failed" and result["job"], result
+
+
+def test_a_run_submitted_while_the_slurm_follower_fails_ends_with_its_error(slurm_cluster, tmp_path):
+    """The thread that follows the jobs fails (Slurm's commands gone) while a submit is between
+    its check that the thread runs and its future's registration: that future ends with the error,
+    and a later submit is refused with it; none waits for ever."""
+    from lucir.scheduler import RunTask
+    from lucir.slurm import SlurmExecutor, SlurmOptions
+
+    def pause_launch(pause):
+        sbatch = executor.executor.submit
+
+        def paused(*args, **kwargs):
+            pause()
+            return sbatch(*args, **kwargs)
+        executor.executor.submit = paused
+
+    tasks = [RunTask(name=n, folder=str(tmp_path / "runs" / n), config=None, cost=[1.0]) for n in "ab"]
+    with SlurmExecutor(tmp_path, SlurmOptions(cpus=1, time_min=5)) as executor:
+        ended = submit_as_the_follower_fails(executor, pause_launch, *tasks)
+    assert ended["first"] is not None, "the run before it never ended"
+    assert ended["second"] == ("raised", ended["error"]) and ended["third"] == ("refused", ended["error"]), ended
 
 
 TWO_RUNS = {"main_curves": [{"setting": "synthetic", "phases": [1], "joint_phases": [], "seeds": [0]}]}
