@@ -54,7 +54,6 @@ def all_tables(results_dir) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ex.TABLE_COLUMNS)
 
 
-# --------------------------------------------------------------------------- display helpers
 # --------------------------------------------------------------------------- the top
 def _reductions(runs: pd.DataFrame) -> list[str]:
     """'field: ours (paper: value)' for every setting field any run changes from the paper."""
