@@ -460,10 +460,12 @@ def build_report(results_dir: Path, reports_dir: Path, env: dict) -> Path:
 def export(results_dir, reports_dir) -> list[Path]:
     """What a reader of the repository sees without running anything, next to report.html:
     tables/<experiment>__<setting>.csv (the tidy tables the report was built from, as written by
-    the notebooks), headline.csv (the main-curves summary beside the published numbers),
-    claims.csv (every check of the paper's claims), headline.md (headline.csv as a Markdown table,
-    the README's), main_curves.png (Fig. 5/6 of this study) and runs.csv (every run: its averages,
-    training seconds in all and per phase, precision: what the study cost)."""
+    the notebooks), summaries/<experiment>.csv (each figure's closing table, as its notebook and
+    report section end: for Fig. 9, the final accuracies beside the paper's), claims.csv (every
+    check of the paper's claims, whichever figures ran), headline.csv (the main-curves summary
+    beside the published numbers), headline.md (headline.csv as a Markdown table, the README's),
+    main_curves.png (Fig. 5/6 of this study) and runs.csv (every run: its averages, training
+    seconds in all and per phase, precision: what the study cost)."""
     out = Path(reports_dir)
     written = []
     study = load_study(results_dir)
@@ -482,11 +484,23 @@ def export(results_dir, reports_dir) -> list[Path]:
         res.atomic_write(out / "runs.csv", lambda p: runs.drop(columns=["config"]).to_csv(
             p, index=False, float_format="%.2f"))
         written.append(out / "runs.csv")
+    for experiment, figure in FIGURES.items():
+        t = tables(results_dir, experiment)
+        if len(t):
+            summary = figure.summary(t)
+            summary = summary if isinstance(summary.index, pd.RangeIndex) else summary.reset_index()
+            target = out / "summaries" / f"{experiment}.csv"
+            res.atomic_write(target, lambda p, f=summary: f.to_csv(p, index=False))
+            written.append(target)
+    checks = claims(results_dir)
+    if len(checks):
+        res.atomic_write(out / "claims.csv", lambda p: checks.to_csv(p, index=False, float_format="%.2f"))
+        written.append(out / "claims.csv")
     main = tables(results_dir, "main_curves")
     if len(main):
-        for name, frame in (("headline.csv", headline_table(main)), ("claims.csv", claims(results_dir))):
-            res.atomic_write(out / name, lambda p, f=frame: f.to_csv(p, index=False, float_format="%.2f"))
-            written.append(out / name)
+        res.atomic_write(out / "headline.csv",
+                         lambda p: headline_table(main).to_csv(p, index=False, float_format="%.2f"))
+        written.append(out / "headline.csv")
         text = headline_markdown(pd.read_csv(out / "headline.csv")) + "\n"  # as the README shows it
         res.atomic_write(out / "headline.md", lambda p: Path(p).write_text(text))
         written.append(out / "headline.md")

@@ -87,9 +87,8 @@ def test_the_protocol_is_in_the_repository_and_nothing_cites_a_file_outside_it()
 def test_readme_results_table_holds_the_paper_scale_reports_and_the_published_numbers():
     """The table that opens the README's results: every number in its 'paper' column is a published
     one (lucir.published), and every number in its 'ours' column is that of the committed report it
-    names, a report at the paper's scale (its headline compares with the published number rather
-    than saying 'not comparable')."""
-    import pandas as pd
+    names, a report at the paper's scale (its headline, or Fig. 9's summary, compares with the
+    published number rather than saying 'not comparable')."""
     from lucir import published
     section = README[README.index("## Results: what the study measured"):]
     rows = [line for line in section.splitlines() if line.startswith("| LUCIR-") or line.startswith("| iCaRL-")
@@ -102,12 +101,59 @@ def test_readme_results_table_holds_the_paper_scale_reports_and_the_published_nu
         assert {float(v) for v in paper.split(" / ")} <= known, row
         if ours in ("running", "not run yet"):
             continue
-        curve, phases = cell.split(",")[0], int(cell.split(",")[1].split()[0])
-        head = pd.read_csv(ROOT / "reports" / report.strip("`") / "headline.csv")
-        mine = head[(head.curve == curve) & (head.phases == phases) & (head["published source"] == published.PAPER)]
-        assert len(mine) == 1, row
-        assert f"{mine.ours.iloc[0]:.2f}" == ours and float(paper) == mine.published.iloc[0], row
-        assert f"{mine['ours - published'].iloc[0]:+.2f}" == diff, row
-        assert "not comparable" not in mine.comparison.iloc[0], row
+        check_row = check_fig9_row if cell.startswith("Fig. 9") else check_average_row
+        check_row(row, ROOT / "reports" / report.strip("`"))
         checked += 1
     assert checked >= 2
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def check_average_row(row: str, report) -> None:
+    """A row of average incremental accuracy: 'ours', 'paper' and the difference are the report's
+    headline.csv, at the paper's setting."""
+    import pandas as pd
+    from lucir import published
+    cell, paper, ours, diff, *_ = _cells(row)
+    curve, phases = cell.split(",")[0], int(cell.split(",")[1].split()[0])
+    head = pd.read_csv(report / "headline.csv")
+    mine = head[(head.curve == curve) & (head.phases == phases) & (head["published source"] == published.PAPER)]
+    assert len(mine) == 1, row
+    assert f"{mine.ours.iloc[0]:.2f}" == ours and float(paper) == mine.published.iloc[0], row
+    assert f"{mine['ours - published'].iloc[0]:+.2f}" == diff, row
+    assert "not comparable" not in mine.comparison.iloc[0], row
+
+
+def check_fig9_row(row: str, report) -> None:
+    """A row of Fig. 9 ('Fig. 9, 1 phase, final: A / B'): each curve's 'ours', 'paper' and
+    difference are those of the report's summaries/confusion_matrices.csv (Fig. 9's closing
+    table), which gives a difference only at the paper's setting."""
+    import pandas as pd
+    cell, paper, ours, diff, *_ = _cells(row)
+    curves = [c.strip() for c in cell.split("final:")[1].split("/")]
+    summary = pd.read_csv(report / "summaries" / "confusion_matrices.csv").set_index("curve")
+    assert "ours - published" in summary.columns, f"{row}: the report's setting is not the paper's"
+    for curve, p, o, d in zip(curves, paper.split(" / "), ours.split(" / "), diff.split(" / "), strict=True):
+        assert f"{summary.loc[curve, 'ours']:.2f}" == o and float(p) == summary.loc[curve, "paper (Fig. 9)"], row
+        assert f"{summary.loc[curve, 'ours - published']:+.2f}" == d, row
+
+
+def test_a_fig9_row_is_checked_against_its_reports_summary(tmp_path):
+    """check_fig9_row, on a report folder made here: the row that states the summary's numbers
+    passes; a wrong accuracy, a wrong difference or a report at a reduced setting fails."""
+    import pandas as pd
+    import pytest
+    (tmp_path / "summaries").mkdir()
+    summary = pd.DataFrame({"curve": ["LUCIR-NME", "LUCIR-CNN"], "ours": [60.5, 62.0], "paper (Fig. 9)": [60.21, 62.34],
+                            "ours - published": [0.29, -0.34]})
+    summary.to_csv(tmp_path / "summaries" / "confusion_matrices.csv", index=False)
+    good = "| Fig. 9, 1 phase, final: LUCIR-CNN / LUCIR-NME | 62.34 / 60.21 | 62.00 / 60.50 | -0.34 / +0.29 | | 5 h | `x` |"
+    check_fig9_row(good, tmp_path)
+    for bad in (good.replace("62.00 / 60.50", "62.10 / 60.50"), good.replace("-0.34 / +0.29", "+0.34 / +0.29")):
+        with pytest.raises(AssertionError):
+            check_fig9_row(bad, tmp_path)
+    summary.drop(columns="ours - published").to_csv(tmp_path / "summaries" / "confusion_matrices.csv", index=False)
+    with pytest.raises(AssertionError, match="not the paper's"):
+        check_fig9_row(good, tmp_path)

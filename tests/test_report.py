@@ -136,6 +136,29 @@ def test_report_folder_holds_tables_claims_and_main_figure(study):
     assert sorted(runs.run) == folders and (runs["train seconds"] > 0).all() and runs.complete.all()
     html = (reports / "report.html").read_text()
     assert "claims at this study" in html and "seed noise" in html
+    for name in EXPERIMENTS:  # each figure's closing table, as its notebook ends
+        summary = pd.read_csv(reports / "summaries" / f"{name}.csv")
+        assert len(summary) and not summary.columns.str.startswith("Unnamed").any(), name
+    fig9 = pd.read_csv(reports / "summaries" / "confusion_matrices.csv")
+    assert list(fig9.curve) == ["iCaRL-CNN", "iCaRL-NME", "LUCIR-NME", "LUCIR-CNN"]
+    assert list(fig9["paper (Fig. 9)"]) == [51.80, 59.13, 60.21, 62.34]
+
+
+def test_a_study_without_main_curves_still_exports_its_claims_and_summaries(study, tmp_path):
+    """A profile of Fig. 9 and Fig. 3 alone (paper_cifar_fig9) has no headline, but its report
+    folder holds the checks of both figures in claims.csv and each figure's closing table."""
+    results = tmp_path / "results"
+    for name in ("confusion_matrices", "weight_norms"):
+        (results / "tables" / name).mkdir(parents=True)
+        for f in (study["results"] / "tables" / name).glob("synthetic.*"):
+            (results / "tables" / name / f.name).write_bytes(f.read_bytes())
+    written = report.export(results, tmp_path / "report")
+    names = {p.relative_to(tmp_path / "report").as_posix() for p in written}
+    assert {"claims.csv", "summaries/confusion_matrices.csv", "summaries/weight_norms.csv"} <= names
+    assert not {"headline.csv", "main_curves.png"} & names
+    checks = pd.read_csv(tmp_path / "report" / "claims.csv")
+    assert set(checks.figure) == {"Confusion matrices (Fig. 9)", "Weight norms (Fig. 3)"}
+    assert set(checks.holds) <= {"yes", "no"} and len(checks) >= 3
 
 
 def test_protocol_table_lists_every_resolved_value_beside_the_papers(study):
