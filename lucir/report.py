@@ -21,7 +21,7 @@ from . import plots, published
 from . import results as res
 from .config import upgrade
 from .display import box, md, setup, show_table
-from .figures import FIGURES
+from .figures import FIGURES, confusion_matrices
 from .figures.main_curves import headline_table, with_std
 from .provenance import REPO_ROOT
 
@@ -162,6 +162,11 @@ def header(results_dir) -> None:
     if at_paper:
         box("<b>At the paper's own setting</b> (average incremental accuracy, %; the differences are ours minus "
             "the published number): " + html.escape("; ".join(at_paper)) + ".")
+    fig9 = tables(results_dir, "confusion_matrices")
+    at_paper_fig9 = confusion_matrices.at_papers_setting(fig9) if len(fig9) else []
+    if at_paper_fig9:
+        box("<b>Fig. 9 at the paper's own setting</b> (final accuracy on all classes after one phase, %; the "
+            "differences are ours minus the paper's): " + html.escape("; ".join(at_paper_fig9)) + ".")
     if rows:
         below = [r for r in rows if not r[1] > r[2]]
         text = "; ".join(f"{s}: LUCIR-CNN {a:.2f} vs iCaRL-CNN {b:.2f}" for s, a, b in rows)

@@ -9,7 +9,7 @@ import pytest
 
 from lucir import experiments as ex
 from lucir import claims, report
-from lucir.figures import component_ablation, main_curves
+from lucir.figures import component_ablation, confusion_matrices, main_curves
 from lucir.config import ConfigError
 from smoke_study import EXPERIMENTS, smoke_study
 
@@ -95,6 +95,47 @@ def test_report_top_puts_a_run_at_the_papers_setting_beside_the_published_number
         "PODNet's re-run 64.01 ± 0.91 (-0.01, within 2x the spread over seeds (0.91))",
         "cifar100, 5 phases, LUCIR-NME: 62.00; paper 63.12 (-1.12); PODNet's re-run 63.63 (-1.63)"]
     assert report.at_papers_setting(_table(True, accs, "reduced")) == []
+
+
+FIG9_FINALS = {"iCaRL-CNN": 50.0, "iCaRL-NME": 60.0, "LUCIR-NME": 61.0, "LUCIR-CNN": 63.0}
+
+
+def _fig9_table(reduced: bool) -> pd.DataFrame:
+    """A Fig. 9 table of one run per method, B50 + 1: 70 % after the base phase, FIG9_FINALS after
+    phase 1, with the old/new confusion shares there."""
+    rows = []
+    for curve, final in FIG9_FINALS.items():
+        method, clf = curve.split("-")
+        row = dict(experiment="confusion_matrices", setting="cifar100", dataset="cifar100", method=method, variant="",
+                   classifier=clf, curve=curve, phases=1, seed=0, class_order_seed=1993, memory_per_class=20,
+                   reduced=reduced, run_dir=method)
+        rows.append(row | dict(phase=0, classes_seen=50, metric="acc", value=70.0))
+        for metric, value in (("acc", final), ("old_as_new", 90.0 if curve == "iCaRL-CNN" else 20.0),
+                              ("new_as_old", 5.0)):
+            rows.append(row | dict(phase=1, classes_seen=100, metric=metric, value=value))
+    return pd.DataFrame(rows, columns=ex.TABLE_COLUMNS)
+
+
+def test_report_top_puts_fig9_at_the_papers_setting_beside_the_published_numbers(tmp_path, monkeypatch):
+    """A Fig. 9 study at the paper's setting (the paper_cifar_fig9 profile) has no main curves; the
+    top of its report gives the four final accuracies beside the paper's, with the differences. A
+    reduced setting gives no such line."""
+    assert confusion_matrices.at_papers_setting(_fig9_table(False)) == [
+        "cifar100, iCaRL-CNN: 50.00; paper 51.80 (-1.80)", "cifar100, iCaRL-NME: 60.00; paper 59.13 (+0.87)",
+        "cifar100, LUCIR-NME: 61.00; paper 60.21 (+0.79)", "cifar100, LUCIR-CNN: 63.00; paper 62.34 (+0.66)"]
+    assert confusion_matrices.at_papers_setting(_fig9_table(True)) == []
+    boxes = {}
+    for reduced in (False, True):
+        results = tmp_path / str(reduced)
+        ex.write_table(_fig9_table(reduced), results, "confusion_matrices", "cifar100", {"phases": 1})
+        shown = []
+        monkeypatch.setattr(report, "box", lambda text, *kind: shown.append(text))
+        monkeypatch.setattr(report, "md", lambda text: None)
+        monkeypatch.setattr(report, "show_table", lambda *a, **k: None)
+        report.header(results)
+        boxes[reduced] = [b for b in shown if "Fig. 9" in b]
+    assert len(boxes[False]) == 1 and "LUCIR-CNN: 63.00; paper 62.34 (+0.66)" in boxes[False][0]
+    assert boxes[True] == []
 
 
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
