@@ -497,11 +497,10 @@ def export(results_dir, reports_dir) -> list[Path]:
             target = out / "summaries" / f"{experiment}.csv"
             res.atomic_write(target, lambda p, f=summary: f.to_csv(p, index=False))
             written.append(target)
-    checks = claims(results_dir)
-    if len(checks):
+    checks, main = claims(results_dir), tables(results_dir, "main_curves")
+    if len(checks) or len(main):  # with the main curves always, as lucir.compare reads it beside headline.csv
         res.atomic_write(out / "claims.csv", lambda p: checks.to_csv(p, index=False, float_format="%.2f"))
         written.append(out / "claims.csv")
-    main = tables(results_dir, "main_curves")
     if len(main):
         res.atomic_write(out / "headline.csv",
                          lambda p: headline_table(main).to_csv(p, index=False, float_format="%.2f"))
