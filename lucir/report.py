@@ -489,15 +489,15 @@ def export(results_dir, reports_dir) -> list[Path]:
         res.atomic_write(out / "runs.csv", lambda p: runs.drop(columns=["config"]).to_csv(
             p, index=False, float_format="%.2f"))
         written.append(out / "runs.csv")
-    for experiment, figure in FIGURES.items():
-        t = tables(results_dir, experiment)
+    found = {experiment: tables(results_dir, experiment) for experiment in FIGURES}
+    for experiment, t in found.items():
         if len(t):
-            summary = figure.summary(t)
+            summary = FIGURES[experiment].summary(t)
             summary = summary if isinstance(summary.index, pd.RangeIndex) else summary.reset_index()
             target = out / "summaries" / f"{experiment}.csv"
             res.atomic_write(target, lambda p, f=summary: f.to_csv(p, index=False))
             written.append(target)
-    checks, main = claims(results_dir), tables(results_dir, "main_curves")
+    checks, main = claims(results_dir), found["main_curves"]
     if len(checks) or len(main):  # with the main curves always, as lucir.compare reads it beside headline.csv
         res.atomic_write(out / "claims.csv", lambda p: checks.to_csv(p, index=False, float_format="%.2f"))
         written.append(out / "claims.csv")

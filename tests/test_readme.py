@@ -97,7 +97,7 @@ def test_readme_results_table_holds_the_paper_scale_reports_and_the_published_nu
     known = {v for *_, v, _ in published.AVERAGE_INCREMENTAL_ACCURACY} | set(published.FINAL_ACCURACY_ONE_PHASE.values())
     checked = 0
     for row in rows:
-        cell, paper, ours, diff, _podnet, _cost, report = [c.strip() for c in row.strip("|").split("|")]
+        cell, paper, ours, diff, _podnet, _cost, report = _cells(row)
         assert {float(v) for v in paper.split(" / ")} <= known, row
         if ours in ("running", "not run yet"):
             continue
