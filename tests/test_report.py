@@ -138,6 +138,24 @@ def test_report_top_puts_fig9_at_the_papers_setting_beside_the_published_numbers
     assert boxes[True] == []
 
 
+def test_fig9_checks_follow_the_papers_text():
+    """Fig. 9's text: iCaRL-CNN tends to put samples into new classes, the imbalance 'is mitigated in
+    the last three methods' (iCaRL-NME, LUCIR-NME, LUCIR-CNN), and LUCIR-CNN is the most accurate. One
+    check per claim, each of which fails when the numbers say otherwise."""
+    t = _fig9_table(False)
+    held = {check: holds for check, _, holds in confusion_matrices.checks(t)}
+    mitigated = [f"iCaRL-CNN puts more old-class images into new classes than {c}"
+                 for c in ("LUCIR-CNN", "iCaRL-NME", "LUCIR-NME")]
+    assert set(held) == set(mitigated) | {"LUCIR-CNN has the best accuracy of the four"}
+    assert all(held.values())
+    worse = t.copy()
+    worse.loc[(worse.curve == "iCaRL-NME") & (worse.metric == "old_as_new"), "value"] = 95.0
+    worse.loc[(worse.curve == "iCaRL-NME") & (worse.metric == "acc") & (worse.phase == 1), "value"] = 64.0
+    held = {check: holds for check, _, holds in confusion_matrices.checks(worse)}
+    assert not held[mitigated[1]] and not held["LUCIR-CNN has the best accuracy of the four"]
+    assert held[mitigated[0]] and held[mitigated[2]]
+
+
 def test_claim_checks_say_whether_a_difference_is_beyond_seed_noise():
     # LUCIR-CNN 64.5 +- 0.71 vs iCaRL-CNN 60.5 +- 0.71: 4.0 > 2 * 1.0 -> beyond; vs LUCIR-NME 64.0: within
     t = _table(True, {"LUCIR-CNN": [64.0] * 6, "iCaRL-CNN": [60.0] * 6, "LUCIR-NME": [63.5] * 6}, "s")
