@@ -99,7 +99,7 @@ def test_readme_results_table_holds_the_paper_scale_reports_and_the_published_nu
     for row in rows:
         cell, paper, ours, diff, _podnet, _cost, report = _cells(row)
         assert {float(v) for v in paper.split(" / ")} <= known, row
-        if ours in ("running", "not run yet"):
+        if ours in ("running", "trained", "not run yet"):  # trained: its report waits for another run
             continue
         check_row = check_fig9_row if cell.startswith("Fig. 9") else check_average_row
         check_row(row, ROOT / "reports" / report.strip("`"))
