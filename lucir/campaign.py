@@ -27,7 +27,6 @@ from pathlib import Path
 
 from . import carry, costs, local_executor, provenance, scheduler
 from .device import MPSUnavailable, mps_daemon
-from . import results as res
 from .profiles import build_pairs
 from .studies import StudyError, load_profile
 
@@ -68,45 +67,6 @@ def plan_tasks(profile: str, results: Path, runtime: dict) -> tuple[str, list[sc
     return name, todo, earlier
 
 
-def work_done(task: scheduler.RunTask) -> float:
-    """Image-steps of the task that its folder holds: finished phases plus the epochs of the phase
-    under way (from its epoch checkpoint)."""
-    phases = res.phases_done(task.folder)
-    done = sum(task.cost[:phases])
-    state = _epoch_state(task)
-    if state and phases < len(task.cost) and state["stage"] == "train":
-        done += task.cost[phases] * state["epoch"] / max(state["epochs"], 1)
-    return done
-
-
-def _epoch_state(task: scheduler.RunTask) -> dict | None:
-    """{"phase", "stage", "epoch", "epochs"} of the run's epoch checkpoint (or of the base phase it
-    trains for the cache, kept beside the cache file), None without one."""
-    from .trainer import base_partial_path
-    path = res.epoch_checkpoint_path(task.folder)
-    if not path.exists() and task.base is not None:
-        path = base_partial_path(Path(task.base))
-    state = res.load_state(path, "the phase under way")
-    if state is None:
-        return None
-    c = task.config
-    epochs = c.cbf_epochs if state["stage"] == "cbf" else (c.base_epochs or c.epochs) if state["phase"] == 0 \
-        else c.epochs
-    return {"phase": int(state["phase"]), "stage": state["stage"], "epoch": int(state["epoch"]), "epochs": epochs}
-
-
-def describe(task: scheduler.RunTask) -> str:
-    if res.is_complete(task.folder):
-        return "complete"
-    state = _epoch_state(task)
-    phases = res.phases_done(task.folder)
-    if state:
-        stage = " (class-balanced finetune)" if state["stage"] == "cbf" else ""
-        return (f"under way: phase {state['phase']} of {task.config.phases}{stage}, "
-                f"epoch {state['epoch']}/{state['epochs']}")
-    return f"under way: {phases} of {task.config.phases + 1} phases done" if phases else "not started"
-
-
 def lease_seconds(deadline_minutes: float) -> float:
     return deadline_minutes * 60.0
 
@@ -118,8 +78,8 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
     name, todo, earlier = plan_tasks(profile, results, runtime or {})
     committed = committed_runs()
     ordered = campaign_order(todo, committed)
-    run_costs = dict(zip((t.name for t in scheduler.order_runs(ordered)),
-                     scheduler.costs_with_shared_bases(scheduler.order_runs(ordered))))
+    started = scheduler.order_runs(ordered)  # who trains a shared base phase, who loads it
+    run_costs = dict(zip((t.name for t in started), scheduler.costs_left(started)))  # reads each checkpoint once
     model = ordered[0].config.resolved_model if ordered else "resnet32"
     best = costs.sharing(kind, model)
     r, source = (rate, "given with --rate") if rate else (best["rate"], best["source"])
@@ -128,7 +88,7 @@ def plan(profile: str, results: Path, deadline_minutes: float, rate: float | Non
              f"{r:,.0f} image-steps/s in all ({source}); {deadline_minutes:g} min of training a lease = "
              f"{per_lease / 1e6:.1f}M image-steps",
              f"  {'#':>3}  {'run':<40} {'method':<8} {'order':>5} {'in reports':>10} {'image-steps':>11} {'ends in lease':>13}"]
-    left = {t.name: max(sum(run_costs[t.name]) - work_done(t), 0.0) for t in ordered}  # reads each checkpoint once
+    left = {t.name: sum(run_costs[t.name]) for t in ordered}
     total, ends = 0.0, {}
     for k, t in enumerate(ordered, 1):
         total += left[t.name]
@@ -167,7 +127,7 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
     committed = committed_runs()
     for t in todo:
         t.deadline = deadline
-    before = {t.name: work_done(t) for t in todo}
+    before = {t.name: scheduler.work_done(t) for t in todo}
     best = costs.sharing(device, todo[0].config.resolved_model if todo else "resnet32")
     runs_per_gpu = runs_per_gpu or best["runs"]
     use_mps = device.startswith("cuda") and runs_per_gpu > 1 and {"on": True, "off": False}.get(mps, best["mps"])
@@ -207,20 +167,20 @@ def run(profile: str, work: Path, out: Path, deadline: float, device: str = "cud
         while not done.wait(min(5.0, max(deadline + grace - time.time(), 0.5))):
             if time.time() - last >= 30:  # plain progress lines, every 30 s
                 last = time.time()
-                busy = "; ".join(f"{t.name}: {describe(t)}" for _, t in executor.under_way()) or "none"
+                busy = "; ".join(f"{t.name}: {scheduler.describe_state(t)}" for _, t in executor.under_way()) or "none"
                 say(f"{sum(r['status'] == 'done' for r in outcome.values())} runs ended; under way: {busy}")
             if time.time() > deadline + grace:  # a run that overran its last epoch: pack what is on disk
                 say("past the deadline with runs still under way: packing what their checkpoints hold")
                 break
         trained = time.time() - started
-        after = {t.name: work_done(t) for t in todo}
+        after = {t.name: scheduler.work_done(t) for t in todo}
         steps = sum(after[t.name] - before[t.name] for t in todo)
         summary = {"profile": name, "command": command, "started": provenance.now(), "seconds": trained,
                    "image_steps": steps, "rate": steps / max(trained, 1e-9),
                    "runs_per_gpu": runs_per_gpu, "mps": bool(env), "sharing": best["source"],
                    "provenance": provenance.collect(),
                    "runs": [{"run": t.name, "method": t.label, "phases": t.config.phases, "seed": t.config.seed,
-                             "class_order": t.config.class_order_run, "state": describe(t),
+                             "class_order": t.config.class_order_run, "state": scheduler.describe_state(t),
                              "result": outcome.get(t.name, {}).get("status", "not started"),
                              "left": max(sum(t.cost) - after[t.name], 0.0)} for t in todo]}
         for line in table(summary, deadline - started):

@@ -1,6 +1,7 @@
 """The dry run's text (`python -m lucir.study --dry-run`): the notebooks kept and left out, the
-data, and each run in the order it starts with its cost, the base phase it shares and its
-projected time from the cost model (lucir.scheduler)."""
+data, and each run in the order it starts with its cost, the base phase it shares, its projected
+time from the cost model (lucir.scheduler) and where its folder stands (a run under way costs
+only what is left of it)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,17 +53,22 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, options) -> No
         return
     schedule = scheduler.project(tasks, slots, rate_of)
     ordered = scheduler.order_runs(tasks)
-    costs = dict(zip((t.name for t in ordered), scheduler.costs_with_shared_bases(ordered)))
+    costs = dict(zip((t.name for t in ordered), scheduler.costs_left(ordered)))
+    states = {t.name: scheduler.describe_state(t) for t in ordered}
+    resumed = sum(state != "not started" for state in states.values())
     bases = {}
     for t, _, _ in schedule:
         if t.base is not None:
             bases.setdefault(t.base, []).append(t.name)
     letters = {b: chr(ord("A") + k) if k < 26 else f"B{k}" for k, b in enumerate(bases)}
+    if resumed:
+        print(f"{_n(resumed, 'run')} under way: each resumes from its folder's newest checkpoint, and its "
+              "image-steps and time are what is left")
     print(f"runs in the order they start ({slots} at once on {kind}{note} with --executor {executor}; a run that reuses a "
           f"base phase starts once it is cached):")
     width = max(34, *(len(t.name) for t, _, _ in schedule))
     print(f"  {'#':>3}  {'run':<{width}} {'order':>5}  {'method':<26} {'image-steps':>11}  {'base phase':<22} {'start':>9} "
-          f"{'time':>9}")
+          f"{'time':>9}  state")
     for k, (t, start, end) in enumerate(schedule, 1):
         if t.base is None:
             base = "own, not cached"
@@ -75,10 +81,11 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, options) -> No
         # order: the class order (run k of the authors' code, lucir.data.class_order; 0 is the paper's)
         print(f"  {k:>3}  {t.name:<{width}} {t.config.class_order_run:>5}  {t.label[:26]:<26} {_count(sum(costs[t.name])):>11}  "
               f"{base:<22} "
-              f"{scheduler.duration(start):>9} {scheduler.duration(end - start):>9}")
+              f"{scheduler.duration(start):>9} {scheduler.duration(end - start):>9}  {states[t.name]}")
     total = sum(sum(c) for c in costs.values())
     device_seconds = sum(sum(costs[t.name]) / rates[t.config.resolved_model][0] for t, _, _ in schedule)
-    print(f"total: {_count(total)} image-steps; {scheduler.duration(device_seconds)} of {kind} time; projected wall time "
+    print(f"total: {_count(total)} image-steps{' left' if resumed else ''}; {scheduler.duration(device_seconds)} of {kind} "
+          f"time; projected wall time "
           f"{scheduler.duration(max(end for _, _, end in schedule))} with {slots} at once (cost model: lucir.scheduler.run_cost; "
           f"a device's rate shared by the runs on it; data loading and notebooks not counted)")
     for model, (r, source) in sorted(rates.items()):

@@ -101,12 +101,66 @@ def costs_with_shared_bases(tasks: list[RunTask]) -> list[list[float]]:
     return out
 
 
+def epoch_state(task: RunTask) -> dict | None:
+    """{"phase", "stage", "epoch", "epochs"} of the run's epoch checkpoint (or of the base phase it
+    trains for the cache, kept beside the cache file), None without one."""
+    from .trainer import base_partial_path
+    path = res.epoch_checkpoint_path(task.folder)
+    if not path.exists() and task.base is not None:
+        path = base_partial_path(Path(task.base))
+    state = res.load_state(path, "the phase under way")
+    if state is None:
+        return None
+    c = task.config
+    epochs = c.cbf_epochs if state["stage"] == "cbf" else (c.base_epochs or c.epochs) if state["phase"] == 0 \
+        else c.epochs
+    return {"phase": int(state["phase"]), "stage": state["stage"], "epoch": int(state["epoch"]), "epochs": epochs}
+
+
+def work_done(task: RunTask) -> float:
+    """Image-steps of the task that its folder holds: finished phases plus the epochs of the phase
+    under way (from its epoch checkpoint), at run_cost's full price (a loaded base phase included)."""
+    phases = res.phases_done(task.folder)
+    done = sum(task.cost[:phases])
+    state = epoch_state(task)
+    if state and phases < len(task.cost) and state["stage"] == "train":
+        done += task.cost[phases] * state["epoch"] / max(state["epochs"], 1)
+    return done
+
+
+def costs_left(tasks: list[RunTask]) -> list[list[float]]:
+    """costs_with_shared_bases of each task less what its folder holds already: a finished phase
+    costs nothing, the phase under way only its epochs not trained yet (a resumed run's time)."""
+    out = []
+    for t, costs in zip(tasks, costs_with_shared_bases(tasks)):
+        phases, state = res.phases_done(t.folder), epoch_state(t)
+        left = [0.0 if k < phases else c for k, c in enumerate(costs)]
+        if state and state["stage"] == "train" and state["phase"] == phases < len(left):
+            left[phases] *= max(0.0, 1.0 - state["epoch"] / max(state["epochs"], 1))
+        out.append(left)
+    return out
+
+
+def describe_state(task: RunTask) -> str:
+    """Where a run folder stands: complete, under way (phase and epoch), or not started."""
+    if res.is_complete(task.folder):
+        return "complete"
+    state = epoch_state(task)
+    phases = res.phases_done(task.folder)
+    if state:
+        stage = " (class-balanced finetune)" if state["stage"] == "cbf" else ""
+        return (f"under way: phase {state['phase']} of {task.config.phases}{stage}, "
+                f"epoch {state['epoch']}/{state['epochs']}")
+    return f"under way: {phases} of {task.config.phases + 1} phases done" if phases else "not started"
+
+
 def project(tasks: list[RunTask], slots: int, rate_of) -> list[tuple[RunTask, float, float]]:
     """(task, start, end) in seconds, in the order the runs start, when `slots` runs go at once,
     each at rate_of(task) images/s: runs in order_runs order, a run that reuses a base phase once
-    the run that trains it has finished that phase (as `execute` starts them)."""
+    the run that trains it has finished that phase (as `execute` starts them), each for the work
+    its folder does not hold yet (costs_left)."""
     ordered = order_runs(tasks)
-    costs = dict(zip((t.name for t in ordered), costs_with_shared_bases(ordered)))
+    costs = dict(zip((t.name for t in ordered), costs_left(ordered)))
     free, pending, base_ready, out = [0.0] * max(1, slots), list(ordered), {}, []
     while pending:
         now = min(free)

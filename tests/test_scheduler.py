@@ -256,6 +256,55 @@ def test_projection_starts_runs_as_execute_does(tmp_path):
     assert [(t.name, start) for t, start, _ in plan] == [("a1", 0.0), ("n", 0.0), ("a2", 10.0)]  # base done at 10 s
 
 
+def test_a_run_under_way_is_planned_for_what_is_left_of_it(tmp_path):
+    """A resumed run (this project's long runs are resumed session after session) costs only what
+    its folder does not hold: finished phases nothing, the phase under way its epochs not trained.
+    Its base phase, cached, costs its loading; the finished base phase is not subtracted twice."""
+    from lucir import make_config
+    config = make_config("lucir", phases=2, epochs=10, lr_milestones=(5,))
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"")  # cached: loading costs 0.25 / 10 of the base phase
+    folder = tmp_path / "run"
+    task = scheduler.RunTask("run", str(folder), config, cost=[100.0, 40.0, 40.0], base=str(base))
+    assert scheduler.costs_left([task]) == [[2.5, 40.0, 40.0]]
+    assert scheduler.describe_state(task) == "not started"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"phases": [{}, {}]}))  # base phase and phase 1 done
+    res.save_state(res.epoch_checkpoint_path(folder), {"phase": 2, "stage": "train", "epoch": 3})
+    assert scheduler.costs_left([task]) == [[0.0, 0.0, pytest.approx(40.0 * 7 / 10)]]
+    assert scheduler.work_done(task) == pytest.approx(100.0 + 40.0 + 40.0 * 3 / 10)  # at full price
+    assert scheduler.describe_state(task) == "under way: phase 2 of 2, epoch 3/10"
+    (plan,) = scheduler.project([task], slots=1, rate_of=lambda t: 4.0)
+    assert plan[1:] == (0.0, pytest.approx(40.0 * 7 / 10 / 4.0))  # the dry run's time: what is left
+
+
+def test_the_dry_run_of_a_resumed_study_says_where_each_run_stands(capsys, tmp_path):
+    """The study's dry run of a profile whose run is under way: the run's state in its row, and its
+    image-steps and time what is left of it (not the whole run again)."""
+    argv = ["--profile", "paper", "--select", "dataset=cifar100", "--select", "method=lucir", "--select", "phases=5",
+            "--select", "seed=0", "--dry-run", "--results", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert study_mod.main(argv) == 0
+    fresh = capsys.readouterr().out
+    row = next(line for line in fresh.splitlines() if "cifar100-b50-p5-s0-" in line)
+    assert "10.4M" in row and row.rstrip().endswith("not started") and "under way" not in fresh
+    folder = tmp_path / "results" / "runs" / row.split()[1]
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"phases": [{}]}))  # the base phase done
+    res.save_state(res.epoch_checkpoint_path(folder), {"phase": 1, "stage": "train", "epoch": 80})
+    assert study_mod.main(argv) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "cifar100-b50-p5-s0-" in line)
+    assert row.rstrip().endswith("under way: phase 1 of 5, epoch 80/160") and "1 run under way" in out
+    from lucir import experiments, make_config
+    config = make_config("lucir", phases=5)  # the paper's cell: the run of the plan
+    assert experiments.run_name(config) == folder.name
+    cost = scheduler.run_cost(config)
+    left = float(re.search(r"(\d+\.\d)M", row).group(1))
+    assert left == pytest.approx((sum(cost[2:]) + cost[1] / 2) / 1e6, abs=0.05)  # 4.5 of 5 phases, no base phase
+    assert re.search(r"total: \d+\.\dM image-steps left", out)
+
+
 # --------------------------------------------------------------------------- the same numbers
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_scheduled_runs_give_the_numbers_of_a_direct_run(tmp_path, jobs):
