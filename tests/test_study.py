@@ -225,7 +225,7 @@ def test_unknown_parameter_is_an_error_that_names_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--profile", "nosuch"], "unknown profile 'nosuch'; choose one of: full_cpu, paper, paper_cifar, paper_cifar_10phases, paper_cifar_fig9, paper_cifar_gpu, paper_cifar_icarl, quick, smoke"),
+    (["--profile", "nosuch"], "unknown profile 'nosuch'; choose one of: full_cpu, paper, paper_cifar, paper_cifar_10phases, paper_cifar_fig9, paper_cifar_gpu, paper_cifar_icarl, paper_cifar_icarl_10phases, quick, smoke"),
     (["--profile", "smoke", "--only", "main_curve"], "--only: unknown notebook 'main_curve'"),
     (["--profile", "smoke", "--device", "cuda:0"], None),
 ])
@@ -314,23 +314,26 @@ def test_profiles_name_their_runs_as_the_committed_reports_do(profile, tmp_path)
     assert committed and committed == ours, (sorted(committed - ours), sorted(ours - committed))
 
 
-def test_paper_cifar_icarl_is_the_papers_icarl_cell_sharing_fig9s_icarl_base_phase(tmp_path):
-    """paper_cifar_icarl plans one run, iCaRL B50 + 5 at every default (the paper's setting, so the
-    run folder docs/resume.md names), whose base phase is the cached one of paper_cifar_fig9's iCaRL run."""
+@pytest.mark.parametrize("profile, phases, run", [("paper_cifar_icarl", 5, "cifar100-b50-p5-s0-85e71f264de8"),
+                                                   ("paper_cifar_icarl_10phases", 10, "cifar100-b50-p10-s0-b6fa747fed45")])
+def test_paper_cifar_icarl_cells_are_the_papers_sharing_fig9s_icarl_base_phase(tmp_path, profile, phases, run):
+    """paper_cifar_icarl (B50 + 5) and paper_cifar_icarl_10phases (B50 + 10) each plan one run,
+    iCaRL at every default (the paper's setting, so the run folder docs/resume.md names), whose
+    base phase is the cached one of paper_cifar_fig9's iCaRL run."""
     from lucir import experiments
     from lucir.scheduler import base_phase_file
     plans = {}
-    for name in ("paper_cifar_icarl", "paper_cifar_fig9"):
+    for name in (profile, "paper_cifar_fig9"):
         _, _, content = study_mod.load_profile(name)
         configs = [run.config() for p in study_mod.build_pairs(content, tmp_path, None, {}) for run in p.plan]
         plans[name] = list({experiments.run_name(c): c for c in configs}.values())  # a run once, however many notebooks
-    (five,) = plans["paper_cifar_icarl"]
-    assert five.phases == 5 and five.seed == 0 and not five.cosine_normalization and five.distillation
-    assert not published.setting_differences(five.to_dict())
-    name = experiments.run_name(five)
-    assert name == "cifar100-b50-p5-s0-85e71f264de8" and name in (REPO / "docs" / "resume.md").read_text()
+    (cell,) = plans[profile]
+    assert cell.phases == phases and cell.seed == 0 and not cell.cosine_normalization and cell.distillation
+    assert not published.setting_differences(cell.to_dict())
+    name = experiments.run_name(cell)
+    assert name == run and name in (REPO / "docs" / "resume.md").read_text()
     icarl_fig9 = [c for c in plans["paper_cifar_fig9"] if not c.cosine_normalization]
-    assert len(icarl_fig9) == 1 and base_phase_file(icarl_fig9[0]).name == base_phase_file(five).name
+    assert len(icarl_fig9) == 1 and base_phase_file(icarl_fig9[0]).name == base_phase_file(cell).name
 
 
 PAPER_ONE_RUN = ["--profile", "paper", "--select", "dataset=cifar100", "--select", "method=lucir",
