@@ -40,10 +40,12 @@ class LineStream:
 
 
 def bar_options(stream=None) -> dict:
-    """tqdm keyword arguments: none on a terminal; plain lines (LineStream, PLAIN_INTERVAL apart,
-    a fixed width) elsewhere."""
+    """tqdm keyword arguments: none on a terminal; plain lines (LineStream, PLAIN_INTERVAL apart)
+    elsewhere, with the counts, times and every figure of the postfix (an epoch's losses and
+    training accuracy) but no bar: ncols=0 is tqdm's "stats only", which is never cut to a width,
+    where a line of a fixed width lost its last figures to the bar."""
     stream = stream if stream is not None else sys.stderr
     if not plain(stream):
         return {}
     return {"file": LineStream(stream), "mininterval": PLAIN_INTERVAL, "maxinterval": PLAIN_INTERVAL * 2,
-            "ascii": True, "ncols": 100, "dynamic_ncols": False}
+            "ascii": True, "ncols": 0, "dynamic_ncols": False}

@@ -1,6 +1,7 @@
 """Progress written to a file is plain lines (no carriage returns, no cursor moves), and a resumed
 study run's progress starts from what this call trains, not from a killed process's progress.json."""
 import os
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,9 @@ def test_a_run_logged_to_a_file_has_no_carriage_returns_or_cursor_moves(tmp_path
     lines = text.splitlines()
     assert any(line.startswith("phase 0") and "100%" in line for line in lines), text
     assert any(line.startswith("phase 2") and "100%" in line for line in lines), text
+    # each epoch's line holds its figures whole, the training accuracy last (a bar cut to a width lost it)
+    epochs = [line for line in lines if line.startswith("phase ") and "ce=" in line]
+    assert epochs and all(re.search(r", train_acc=\d\.\d{3}\]$", line) for line in epochs), text
 
 
 def test_a_stale_progress_file_is_dropped_before_a_run_resumes(tmp_path, monkeypatch):
