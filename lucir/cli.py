@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 from .config import PRESETS, ConfigError, dataset_defaults, field_help, make_config
 
@@ -54,6 +55,18 @@ def _preset_and_dataset(argv: list[str]) -> tuple[str, str | None]:
     return known.preset, sets.get("dataset", "").strip() or None
 
 
+def say_where_it_stands(config, out) -> None:
+    """One line before a run goes on in a folder that holds some of it: how far it got (phase and
+    epoch of its newest checkpoint), or that it is complete and nothing is trained."""
+    from .scheduler import RunTask, base_phase_file, describe_state
+    base = base_phase_file(config)
+    state = describe_state(RunTask(Path(out).name, str(out), config, base=None if base is None else str(base)))
+    if state == "complete":
+        print(f"{out}: complete; its results are read, nothing is trained", file=sys.stderr)
+    elif state != "not started":
+        print(f"{out}: {state}; resuming from its newest checkpoint", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(*_preset_and_dataset(argv)).parse_args(argv)
@@ -70,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         # (under torchrun rank 0 holds it for every rank)
         lock = run_lock(args.out, wait=False) if distributed.rank_from_env() == 0 else contextlib.nullcontext()
         with lock:
+            if distributed.rank_from_env() == 0:
+                say_where_it_stands(config, args.out)
             metrics = run_incremental(config, args.out)
     except Locked as e:
         print(f"error: '{args.out}' is being written by another run ({e}); wait for it to end, "

@@ -79,11 +79,12 @@ def run_killed(args: list[str], phase: int, stage: str, epoch: int) -> None:
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
 
-def run_again(args: list[str]) -> None:
-    """The same `python -m lucir` command again, to the end."""
+def run_again(args: list[str]) -> str:
+    """The same `python -m lucir` command again, to the end; its stderr."""
     again = subprocess.run([sys.executable, "-m", "lucir", *args], env=_env(), cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+    return again.stderr
 
 
 def _weights(out: Path, phase: int) -> dict:
@@ -117,9 +118,13 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path, cas
     assert (state["phase"], state["stage"], state["epoch"]) == (phase, stage, epoch)
     assert not res.is_complete(out) and not res.checkpoint_path(out, phase).exists()
 
-    run_again(args)
+    said = run_again(args)
+    # the command says how far the run had got before it goes on (the epoch checkpoint's phase and epoch)
+    assert f"{out}: under way: phase {phase} of {values['phases']}" in said, said
+    assert f"epoch {epoch}/" in said and "resuming from its newest checkpoint" in said, said
     resumed = res.load_metrics(out)
     assert resumed["complete"] and comparable(resumed) == comparable(ref_metrics)
+    assert f"{out}: complete; its results are read, nothing is trained" in run_again(args)  # once more: nothing to do
     last = len(ref_metrics["phases"]) - 1
     ref_w, w = _weights(reference, last), _weights(out, last)
     assert ref_w.keys() == w.keys() and all(torch.equal(ref_w[k], w[k]) for k in w)
