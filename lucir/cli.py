@@ -57,8 +57,16 @@ def _preset_and_dataset(argv: list[str]) -> tuple[str, str | None]:
 
 def say_where_it_stands(config, out) -> None:
     """One line before a run goes on in a folder that holds some of it: how far it got (phase and
-    epoch of its newest checkpoint), or that it is complete and nothing is trained."""
+    epoch of its newest checkpoint), or that it is complete and nothing is trained. A new folder
+    is left alone; in one the trainer has written, its own first checks come first, reading only
+    (the same config, the final checkpoint of a complete run), so that a folder it refuses is
+    still one line of error and nothing else."""
+    from . import results as res
     from .scheduler import RunTask, base_phase_file, describe_state
+    if not (Path(out) / "config.json").exists():
+        return
+    res.check_out_dir(Path(out), config)
+    res.check_final_checkpoint(out)
     base = base_phase_file(config)
     state = describe_state(RunTask(Path(out).name, str(out), config, base=None if base is None else str(base)))
     if state == "complete":

@@ -140,24 +140,27 @@ def _jsonable(v):
 
 
 def prepare_out_dir(out_dir: Path, config: Config) -> None:
-    """Write config.json, or check that the one there describes the same run. Runtime fields
-    (RUNTIME_FIELDS) may differ. A complete run's config.json is never rewritten: loading a run
-    leaves it as it was trained; an unfinished run records the runtime fields of whoever goes on
-    with it."""
+    """Write config.json, or check that the one there describes the same run (check_out_dir)."""
+    if check_out_dir(out_dir, config):
+        write_json(Path(out_dir) / "config.json", config.to_dict())
+
+
+def check_out_dir(out_dir: Path, config: Config) -> bool:
+    """Whether config.json is to be written; a ConfigError when the one there describes another
+    run. Reads only. Runtime fields (RUNTIME_FIELDS) may differ. A complete run's config.json is
+    never rewritten: loading a run leaves it as it was trained; an unfinished run records the
+    runtime fields of whoever goes on with it."""
     path = Path(out_dir) / "config.json"
+    if not path.exists():
+        return True
     current = config.to_dict()
-    if path.exists():
-        # a field added after the run was written has its default there
-        written = read_config_json(path)
-        stored = {**Config().to_dict(), **upgrade(written)}
-        diff = sorted(k for k in set(stored) | set(current)
-                      if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
-        if diff:
-            raise ConfigError(f"'{out_dir}' holds a run with a different config (fields differ: "
-                              f"{', '.join(diff)}); use another --out")
-        if is_complete(out_dir) or json.loads(json.dumps(current, default=_jsonable)) == written:
-            return
-    write_json(path, current)
+    written = read_config_json(path)
+    stored = {**Config().to_dict(), **upgrade(written)}  # a field added after the run was written has its default there
+    diff = sorted(k for k in set(stored) | set(current) if k not in RUNTIME_FIELDS and stored.get(k) != current.get(k))
+    if diff:
+        raise ConfigError(f"'{out_dir}' holds a run with a different config (fields differ: "
+                          f"{', '.join(diff)}); use another --out")
+    return not (is_complete(out_dir) or json.loads(json.dumps(current, default=_jsonable)) == written)
 
 
 def read_config_json(path: Path) -> dict:
