@@ -51,9 +51,9 @@ def print_plan(name, pairs, todo, left_out, tasks, earlier, data, options) -> No
         print(f"data: {line}")
     if not tasks:
         return
-    schedule = scheduler.project(tasks, slots, rate_of)
     ordered = scheduler.order_runs(tasks)
     costs = dict(zip((t.name for t in ordered), scheduler.costs_left(ordered)))
+    schedule = scheduler.project(tasks, slots, rate_of, costs)
     states = {t.name: scheduler.describe_state(t) for t in ordered}
     resumed = sum(state != "not started" for state in states.values())
     bases = {}

@@ -154,13 +154,15 @@ def describe_state(task: RunTask) -> str:
     return f"under way: {phases} of {task.config.phases + 1} phases done" if phases else "not started"
 
 
-def project(tasks: list[RunTask], slots: int, rate_of) -> list[tuple[RunTask, float, float]]:
+def project(tasks: list[RunTask], slots: int, rate_of,
+            costs: dict | None = None) -> list[tuple[RunTask, float, float]]:
     """(task, start, end) in seconds, in the order the runs start, when `slots` runs go at once,
     each at rate_of(task) images/s: runs in order_runs order, a run that reuses a base phase once
     the run that trains it has finished that phase (as `execute` starts them), each for the work
-    its folder does not hold yet (costs_left)."""
+    its folder does not hold yet (costs_left, by run name; given by a caller that has them already,
+    so that no checkpoint is read twice)."""
     ordered = order_runs(tasks)
-    costs = dict(zip((t.name for t in ordered), costs_left(ordered)))
+    costs = costs if costs is not None else dict(zip((t.name for t in ordered), costs_left(ordered)))
     free, pending, base_ready, out = [0.0] * max(1, slots), list(ordered), {}, []
     while pending:
         now = min(free)
