@@ -62,13 +62,13 @@ def say_where_it_stands(config, out) -> None:
     (the same config, the final checkpoint of a complete run), so that a folder it refuses is
     still one line of error and nothing else."""
     from . import results as res
-    from .scheduler import RunTask, base_phase_file, describe_state
+    from .trainer import base_partial_path, base_phase_file
     if not (Path(out) / "config.json").exists():
         return
     res.check_out_dir(Path(out), config)
     res.check_final_checkpoint(out)
     base = base_phase_file(config)
-    state = describe_state(RunTask(Path(out).name, str(out), config, base=None if base is None else str(base)))
+    state = res.describe_state(out, config, None if base is None else base_partial_path(base))
     if state == "complete":
         print(f"{out}: complete; its results are read, nothing is trained", file=sys.stderr)
     elif state != "not started":

@@ -319,6 +319,35 @@ def load_state(path: Path, what: str) -> dict | None:
                               f"{first_sentence(e)}); delete it to train {what} again") from None
 
 
+def epoch_state(out_dir, config: Config, partial: Path | None = None) -> dict | None:
+    """{"phase", "stage", "epoch", "epochs"} of the run folder's epoch checkpoint or, without one, of
+    `partial` (a base phase trained for the cache keeps its own beside the cache file); None
+    without either."""
+    path = epoch_checkpoint_path(out_dir)
+    if not path.exists() and partial is not None:
+        path = Path(partial)
+    state = load_state(path, "the phase under way")
+    if state is None:
+        return None
+    c = config
+    epochs = c.cbf_epochs if state["stage"] == "cbf" else (c.base_epochs or c.epochs) if state["phase"] == 0 \
+        else c.epochs
+    return {"phase": int(state["phase"]), "stage": state["stage"], "epoch": int(state["epoch"]), "epochs": epochs}
+
+
+def describe_state(out_dir, config: Config, partial: Path | None = None) -> str:
+    """Where a run folder stands: complete, under way (phase and epoch), or not started."""
+    if is_complete(out_dir):
+        return "complete"
+    state = epoch_state(out_dir, config, partial)
+    phases = phases_done(out_dir)
+    if state:
+        stage = " (class-balanced finetune)" if state["stage"] == "cbf" else ""
+        return (f"under way: phase {state['phase']} of {config.phases}{stage}, "
+                f"epoch {state['epoch']}/{state['epochs']}")
+    return f"under way: {phases} of {config.phases + 1} phases done" if phases else "not started"
+
+
 def first_sentence(error, limit: int = 200) -> str:
     """The first line of an error's message, shortened at a sentence or word end (never mid-word)
     when longer than `limit`: torch's messages for a damaged file run to many paragraphs."""

@@ -28,26 +28,17 @@ from pathlib import Path
 
 from . import experiments
 from . import results as res
-from .config import Config, one_line, phase_sizes
+from .config import Config, one_line
 # the cost model lives below the trainer (which warns with it); re-exported for the planner's callers
 from .costs import (RATES_FILE, assumed_rate, cpu_instead_of_gpu, duration, projected_seconds,  # noqa: F401
                     rates, run_cost)
-from .data import DATASET_SIZE
+from .trainer import base_partial_path, base_phase_file  # noqa: F401  (base_phase_file: the executors')
 
 PROGRESS_FILE = "progress.json"  # written by the worker after every epoch; removed when the run ends
 
 
 class ExecutorError(Exception):
     """The executor cannot start (e.g. Ray is not installed); one line for the user."""
-
-
-def base_phase_file(config: Config) -> Path | None:
-    """The cache file of the run's base phase, or None when the run does not cache it."""
-    if not config.cache_base:
-        return None
-    from .trainer import base_cache_path
-    n_cls = config.num_classes or DATASET_SIZE.get(config.dataset, (100,))[0]
-    return base_cache_path(config, phase_sizes(n_cls, config.base_classes, config.phases)[0])
 
 
 # --------------------------------------------------------------------------- planning
@@ -101,20 +92,14 @@ def costs_with_shared_bases(tasks: list[RunTask]) -> list[list[float]]:
     return out
 
 
+def _partial(task: RunTask) -> Path | None:
+    """Where the base phase that the task trains for the cache keeps its epoch checkpoint."""
+    return None if task.base is None else base_partial_path(Path(task.base))
+
+
 def epoch_state(task: RunTask) -> dict | None:
-    """{"phase", "stage", "epoch", "epochs"} of the run's epoch checkpoint (or of the base phase it
-    trains for the cache, kept beside the cache file), None without one."""
-    from .trainer import base_partial_path
-    path = res.epoch_checkpoint_path(task.folder)
-    if not path.exists() and task.base is not None:
-        path = base_partial_path(Path(task.base))
-    state = res.load_state(path, "the phase under way")
-    if state is None:
-        return None
-    c = task.config
-    epochs = c.cbf_epochs if state["stage"] == "cbf" else (c.base_epochs or c.epochs) if state["phase"] == 0 \
-        else c.epochs
-    return {"phase": int(state["phase"]), "stage": state["stage"], "epoch": int(state["epoch"]), "epochs": epochs}
+    """results.epoch_state of the task's folder, its base phase's partial checkpoint included."""
+    return res.epoch_state(task.folder, task.config, _partial(task))
 
 
 def work_done(task: RunTask) -> float:
@@ -142,16 +127,8 @@ def costs_left(tasks: list[RunTask]) -> list[list[float]]:
 
 
 def describe_state(task: RunTask) -> str:
-    """Where a run folder stands: complete, under way (phase and epoch), or not started."""
-    if res.is_complete(task.folder):
-        return "complete"
-    state = epoch_state(task)
-    phases = res.phases_done(task.folder)
-    if state:
-        stage = " (class-balanced finetune)" if state["stage"] == "cbf" else ""
-        return (f"under way: phase {state['phase']} of {task.config.phases}{stage}, "
-                f"epoch {state['epoch']}/{state['epochs']}")
-    return f"under way: {phases} of {task.config.phases + 1} phases done" if phases else "not started"
+    """results.describe_state of the task's folder: complete, under way (phase, epoch), not started."""
+    return res.describe_state(task.folder, task.config, _partial(task))
 
 
 def project(tasks: list[RunTask], slots: int, rate_of,

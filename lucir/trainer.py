@@ -23,7 +23,7 @@ from . import losses
 from . import results as res
 from .config import IMAGENET_LIKE, Config, ConfigError, phase_sizes
 from .bars import bar_options
-from .data import Dataset, data_identity, data_root, default_workers, load_dataset, phase_classes
+from .data import DATASET_SIZE, Dataset, data_identity, data_root, default_workers, load_dataset, phase_classes
 from .device import autocast, check_amp, grad_scaler, resolve_device, set_deterministic, unusable_gpu
 from .distributed import (all_sum, barrier, gather_rows, is_main, launched_world_size, rank_slice, share, sync_module,
                           world_size, wrap)
@@ -358,6 +358,14 @@ def base_cache_paths(c: Config, first_classes: int) -> tuple[Path, Path | None]:
         digest = hashlib.sha256(json.dumps(k, sort_keys=True, default=list).encode()).hexdigest()[:20]
         return root / "base" / f"{c.dataset}-{c.resolved_model}-{digest}.pt"
     return path(key), path(legacy) if legacy is not None else None
+
+
+def base_phase_file(config: Config) -> Path | None:
+    """The cache file of the run's base phase, or None when the run does not cache it."""
+    if not config.cache_base:
+        return None
+    n_cls = config.num_classes or DATASET_SIZE.get(config.dataset, (100,))[0]
+    return base_cache_path(config, phase_sizes(n_cls, config.base_classes, config.phases)[0])
 
 
 def base_partial_path(cache: Path) -> Path:
