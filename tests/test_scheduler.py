@@ -278,6 +278,23 @@ def test_a_run_under_way_is_planned_for_what_is_left_of_it(tmp_path):
     assert plan[1:] == (0.0, pytest.approx(40.0 * 7 / 10 / 4.0))  # the dry run's time: what is left
 
 
+def test_a_base_phase_trained_for_the_cache_is_read_from_its_partial_checkpoint(tmp_path):
+    """A base phase trained for the cache keeps its epoch checkpoint beside the cache file, not in
+    the run folder: where the run stands is read from there, with the base phase's own epochs; a
+    class-balanced finetune under way is named as such, with its own epochs."""
+    from lucir import make_config
+    from lucir.trainer import base_partial_path
+    config = make_config("lucir", phases=2, epochs=10, base_epochs=20, lr_milestones=(5,), cbf_epochs=4)
+    base = tmp_path / "cache" / "base.pt"
+    folder = tmp_path / "run"
+    task = scheduler.RunTask("run", str(folder), config, cost=[100.0, 40.0, 40.0], base=str(base))
+    res.save_state(base_partial_path(base), {"phase": 0, "stage": "train", "epoch": 7})
+    assert scheduler.describe_state(task) == "under way: phase 0 of 2, epoch 7/20"
+    assert res.describe_state(folder, config) == "not started"  # without the cache's partial file
+    res.save_state(res.epoch_checkpoint_path(folder), {"phase": 1, "stage": "cbf", "epoch": 2})
+    assert scheduler.describe_state(task) == "under way: phase 1 of 2 (class-balanced finetune), epoch 2/4"
+
+
 def test_the_dry_run_of_a_resumed_study_says_where_each_run_stands(capsys, tmp_path):
     """The study's dry run of a profile whose run is under way: the run's state in its row, and its
     image-steps and time what is left of it (not the whole run again)."""
