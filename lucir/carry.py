@@ -15,6 +15,10 @@ stay under the limit with a margin; `manifest.json` holds every part's sha256. `
 the parts it finds against the manifest and moves them into the store, outside the work tree.
 `unpack` checks that every part is there and whole, joins and extracts them, then checks every
 data file against its folder's SHA256SUMS. Each failure is one line naming the part or file.
+
+A long run's newest state goes into the repository at each stop the same way, as one tar
+(docs/resume.md): `python -m lucir.carry snapshot --root ~/paper_fig9 --out runs_in_progress/X.tar
+results/runs/<name>` takes what a resume reads, checks its epoch checkpoint and says where it stands.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+import torch
 
 from . import provenance
 from . import results as res
@@ -86,8 +92,50 @@ def run_state_files(folder: Path) -> list[Path]:
     progress files, and of its phase checkpoints only the newest (a resume reads no other)."""
     folder = Path(folder)
     phases = sorted(folder.glob("checkpoints/phase_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith((".lock", ".tmp"))
             and p.name != "progress.json" and not (p in phases and p != phases[-1])]
+
+
+def snapshot(runs: list[Path], out: Path, root: Path) -> list[str]:
+    """One tar of what each run folder needs to go on (run_state_files: config, metrics, its newest
+    phase checkpoint and the epoch checkpoint of the phase under way), named relative to `root`,
+    written atomically (a long run's state committed at a stop, docs/resume.md). Each epoch
+    checkpoint is read back from the tar before it replaces `out`. One line per run: where it stands."""
+    root, members, lines = Path(root).resolve(), [], []
+    for run in map(Path, runs):
+        run = run.resolve()
+        if not (run / "config.json").is_file():
+            raise CarryError(f"{run}: not a run folder (no config.json there)")
+        if not run.is_relative_to(root):
+            raise CarryError(f"{run}: not under --root {root}")
+        files = run_state_files(run)
+        members += [(p, str(p.relative_to(root))) for p in files]
+        try:
+            state = res.describe_state(run, res.load_config(run))
+        except res.CheckpointError as e:
+            raise CarryError(f"{e}; nothing written") from None
+        lines.append(f"{run.relative_to(root)}: {state} "
+                     f"({len(files)} files, {sum(p.stat().st_size for p in files) / MIB:.1f} MiB)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for path, name in members:
+            tar.add(path, arcname=name)
+    with tarfile.open(tmp) as tar:  # what a resume will read, read back
+        for member in tar.getmembers():
+            if member.name.endswith("checkpoints/epoch.pt"):
+                try:
+                    state = torch.load(io.BytesIO(tar.extractfile(member).read()), map_location="cpu",
+                                       weights_only=True)
+                    why = None if {"phase", "epoch", "stage"} <= set(state) else "no phase, epoch or stage in it"
+                except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
+                    why = type(e).__name__
+                if why:
+                    tmp.unlink()
+                    raise CarryError(f"{member.name}: unreadable in the snapshot ({why}); nothing written")
+    os.replace(tmp, out)
+    return lines
 
 
 def _members(data_root: Path | None, cache_dir: Path | None, profiles: list[str] | None = None,
@@ -274,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("unpack", help="there: check every part, join, extract, check the data")
     c.add_argument("--store", default="/tmp/lucir-carry")
     c.add_argument("--to", default="/tmp/lucir-data", help="gets data/ (LUCIR_DATA) and cache/ (--cache-dir)")
+    d = sub.add_parser("snapshot", help="here: one tar of what run folders need to go on elsewhere "
+                       "(a long run's newest state, committed at a stop)")
+    d.add_argument("runs", nargs="+", help="run folders (results/runs/<name>)")
+    d.add_argument("--out", required=True, help="the tar to write (replaced whole, once it is checked)")
+    d.add_argument("--root", default=".", help="names in the tar are relative to this folder (default: here)")
     args = p.parse_args(argv)
     try:
         if args.command == "pack":
@@ -294,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             total = len(_manifest(Path(args.store))["parts"])
             print(f"{len(have)} of {total} parts in {args.store}" + ("; all there: run unpack" if len(have) == total
                                                                       else ""))
+        elif args.command == "snapshot":
+            lines = snapshot([Path(r).expanduser() for r in args.runs], Path(args.out), Path(args.root).expanduser())
+            print(f"{args.out}: {os.path.getsize(args.out) / MIB:.1f} MiB")
+            for line in lines:
+                print(f"  {line}")
         else:
             r = unpack(Path(args.store), Path(args.to))
             print(f"{r['files']} files checked and unpacked: LUCIR_DATA={r['data']} --cache-dir {r['cache']} "

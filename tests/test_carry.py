@@ -116,3 +116,51 @@ def test_pack_never_empties_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(carry.CarryError, match="holds no earlier packing"):
         carry.pack(src, keep, part_bytes=4096, repo=tmp_path)
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def _run_under_way(root):
+    """A run folder as a long run leaves it at a stop: phase 2 of 5 under way at epoch 151, two
+    phase checkpoints, its lock, progress file and a temporary file left by a killed write."""
+    from lucir import make_config
+    from lucir import results as res
+    run = root / "results" / "runs" / "cifar100-b50-p5-s0-x"
+    (run / "checkpoints").mkdir(parents=True)
+    res.prepare_out_dir(run, make_config("icarl", phases=5))
+    res.write_json(run / "metrics.json", {"phases": [{}, {}]})
+    for k in (0, 1):
+        res.save_state(run / "checkpoints" / f"phase_{k}.pt", {"phase": k})
+    res.save_state(res.epoch_checkpoint_path(run), {"phase": 2, "stage": "train", "epoch": 151})
+    for name in (".cifar100-b50-p5-s0-x.lock",):
+        (run.parent / name).write_text("")
+    (run / "progress.json").write_text("{}")
+    (run / "checkpoints" / ".epoch.pt.abc.tmp").write_bytes(b"half")
+    return run
+
+
+def test_a_snapshot_holds_what_a_resume_reads_and_says_where_the_run_stands(tmp_path, capsys):
+    import tarfile
+    run = _run_under_way(tmp_path / "home")
+    out = tmp_path / "repo" / "runs_in_progress" / "x.tar"
+    assert carry.main(["snapshot", "--root", str(tmp_path / "home"), "--out", str(out), str(run)]) == 0
+    said = capsys.readouterr().out
+    assert "results/runs/cifar100-b50-p5-s0-x: under way: phase 2 of 5, epoch 151/160 (4 files" in said
+    with tarfile.open(out) as tar:
+        names = sorted(tar.getnames())
+        assert names == [f"results/runs/cifar100-b50-p5-s0-x/{n}" for n in
+                         ("checkpoints/epoch.pt", "checkpoints/phase_1.pt", "config.json", "metrics.json")]
+        tar.extractall(tmp_path / "there", filter="data")
+    there = tmp_path / "there" / "results" / "runs" / "cifar100-b50-p5-s0-x"
+    assert (there / "checkpoints" / "epoch.pt").read_bytes() == (run / "checkpoints" / "epoch.pt").read_bytes()
+
+
+def test_a_snapshot_with_an_unreadable_epoch_checkpoint_replaces_nothing(tmp_path, capsys):
+    run = _run_under_way(tmp_path / "home")
+    out = tmp_path / "x.tar"
+    out.write_bytes(b"the last good snapshot")
+    (run / "checkpoints" / "epoch.pt").write_bytes(b"cut short")
+    assert carry.main(["snapshot", "--root", str(tmp_path / "home"), "--out", str(out), str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "epoch.pt" in err and len(err.splitlines()) == 1
+    assert out.read_bytes() == b"the last good snapshot" and [p.name for p in tmp_path.iterdir()] == ["home", "x.tar"]
+    assert carry.main(["snapshot", "--out", str(out), str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
