@@ -119,23 +119,30 @@ def snapshot(runs: list[Path], out: Path, root: Path) -> list[str]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    with tarfile.open(tmp, "w") as tar:
-        for path, name in members:
-            tar.add(path, arcname=name)
-    with tarfile.open(tmp) as tar:  # what a resume will read, read back
-        for member in tar.getmembers():
-            if member.name.endswith("checkpoints/epoch.pt"):
-                try:
-                    state = torch.load(io.BytesIO(tar.extractfile(member).read()), map_location="cpu",
-                                       weights_only=True)
-                    why = None if {"phase", "epoch", "stage"} <= set(state) else "no phase, epoch or stage in it"
-                except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
-                    why = type(e).__name__
-                if why:
-                    tmp.unlink()
-                    raise CarryError(f"{member.name}: unreadable in the snapshot ({why}); nothing written")
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for path, name in members:
+                tar.add(path, arcname=name)
+        with tarfile.open(tmp) as tar:  # what a resume will read, read back
+            for member in tar.getmembers():
+                if member.name.endswith("checkpoints/epoch.pt"):
+                    _check_epoch_checkpoint(tar, member)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the snapshot before this one stays whole
+        raise
     os.replace(tmp, out)
     return lines
+
+
+def _check_epoch_checkpoint(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    """A CarryError unless the tar's epoch checkpoint loads and says its phase, stage and epoch."""
+    try:
+        state = torch.load(io.BytesIO(tar.extractfile(member).read()), map_location="cpu", weights_only=True)
+        why = None if {"phase", "epoch", "stage"} <= set(state) else "no phase, stage or epoch in it"
+    except Exception as e:  # noqa: BLE001  (torch raises many types for a damaged file)
+        why = type(e).__name__
+    if why:
+        raise CarryError(f"{member.name}: unreadable in the snapshot ({why}); nothing written")
 
 
 def _members(data_root: Path | None, cache_dir: Path | None, profiles: list[str] | None = None,

@@ -164,3 +164,30 @@ def test_a_snapshot_with_an_unreadable_epoch_checkpoint_replaces_nothing(tmp_pat
     assert out.read_bytes() == b"the last good snapshot" and [p.name for p in tmp_path.iterdir()] == ["home", "x.tar"]
     assert carry.main(["snapshot", "--out", str(out), str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_an_epoch_checkpoint_damaged_inside_the_tar_is_refused(tmp_path):
+    """The read-back of the written tar: a member that does not load, or loads without the phase,
+    stage and epoch of an epoch checkpoint, is refused with a message naming it."""
+    import io
+    import tarfile
+
+    import torch
+    good = io.BytesIO()
+    torch.save({"phase": 1, "stage": "train", "epoch": 3}, good)
+    for blob, why in ((b"cut short", "UnpicklingError"), (None, "no phase, stage or epoch")):
+        if blob is None:
+            buf = io.BytesIO()
+            torch.save({"phase": 1}, buf)
+            blob = buf.getvalue()
+        path = tmp_path / "t.tar"
+        with tarfile.open(path, "w") as tar:
+            for content in (good.getvalue(), blob):
+                info = tarfile.TarInfo("r/checkpoints/epoch.pt")
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        with tarfile.open(path) as tar:
+            first, second = tar.getmembers()
+            carry._check_epoch_checkpoint(tar, first)
+            with pytest.raises(carry.CarryError, match=f"r/checkpoints/epoch.pt: unreadable.*{why}"):
+                carry._check_epoch_checkpoint(tar, second)
