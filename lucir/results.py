@@ -329,9 +329,10 @@ def epoch_state(out_dir, config: Config, partial: Path | None = None) -> dict | 
     state = load_state(path, "the phase under way")
     if state is None:
         return None
-    c = config
-    epochs = c.cbf_epochs if state["stage"] == "cbf" else (c.base_epochs or c.epochs) if state["phase"] == 0 \
-        else c.epochs
+    if state["stage"] == "cbf":
+        epochs = config.cbf_epochs
+    else:
+        epochs = (config.base_epochs or config.epochs) if state["phase"] == 0 else config.epochs
     return {"phase": int(state["phase"]), "stage": state["stage"], "epoch": int(state["epoch"]), "epochs": epochs}
 
 
