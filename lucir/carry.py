@@ -77,10 +77,9 @@ def profile_base_phases(profiles: list[str], data_root: Path, cache_dir: Path) -
         for pair in build_pairs(content, cache_dir / ".plan", None, runtime):
             for planned in pair.plan:
                 c = planned.config()
-                n_cls = c.num_classes or 100
                 if not c.cache_base or c.dataset not in DATA_FOLDERS or c.base_classes == 0:
                     continue
-                current, legacy = base_cache_paths(c, min(c.base_classes, n_cls))
+                current, legacy = base_cache_paths(c, c.base_classes)  # a valid config's first phase
                 source = current if current.exists() else legacy if legacy and legacy.exists() else None
                 if source is not None:
                     found[source] = current.name
