@@ -300,7 +300,7 @@ def test_every_profile_is_valid_and_quick_fits_the_protocol(tmp_path):
     assert imagenet and all(c.lambda_base == 10 and c.epochs == 90 and c.weight_decay == 1e-4 for c in imagenet)
 
 
-@pytest.mark.parametrize("profile", ["quick", "full_cpu"])
+@pytest.mark.parametrize("profile", ["quick", "full_cpu", "paper_cifar", "paper_cifar_10phases", "paper_cifar_fig9"])
 def test_profiles_name_their_runs_as_the_committed_reports_do(profile, tmp_path):
     """Dataset-dependent defaults (ImageNet) leave every CIFAR-100 run's name, so its folder and
     base-phase cache, as it was: the profile plans exactly the runs of its committed report."""
