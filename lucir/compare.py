@@ -13,6 +13,9 @@ the committed ones are reports/<profile>/. Two kinds of cell are compared:
   per classifier), and the verdict says so;
 - each check of the paper's claims (claims.csv): it agrees when it holds, or fails, in both.
 
+A report of a profile without main curves (paper_cifar_fig9: Fig. 9 and Fig. 3 alone) has no
+headline.csv; it is compared on its claims, and the verdict says that it has no headline cells.
+
 The verdict is "reproduced" when every cell compared agrees, else "not reproduced" with the cells
 that differ and by how much, and the machines of both (CPU model and torch, read from each
 report's provenance section). `python -m lucir.study` prints it at the end of a study whose
@@ -37,6 +40,12 @@ from .provenance import REPO_ROOT
 
 CELL = ["setting", "phases", "curve"]
 MEASURED = REPO_ROOT / "reports" / "authors_code" / "summary.csv"
+
+
+# the headline of a report without main curves: no cell, the columns that a merge on CELL needs
+NO_HEADLINE = pd.DataFrame({"setting": pd.Series(dtype=object), "phases": pd.Series(dtype="int64"),
+                            "curve": pd.Series(dtype=object), "ours": pd.Series(dtype=float),
+                            "ours std": pd.Series(dtype=float), "runs": pd.Series(dtype="int64")})
 
 
 class CompareError(Exception):
@@ -67,12 +76,12 @@ def read_report(folder) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CompareError(f"'{folder}' is not a folder")
-    missing = [n for n in ("headline.csv", "claims.csv") if not (folder / n).exists()]
-    if missing:
-        raise CompareError(f"'{folder}' is not a study report: no {' or '.join(missing)} (python -m lucir.study "
-                           "writes them beside report.html once the main curves have run)")
+    if not (folder / "claims.csv").exists():
+        missing = " or ".join(n for n in ("headline.csv", "claims.csv") if not (folder / n).exists())
+        raise CompareError(f"'{folder}' is not a study report: no {missing} (python -m lucir.study "
+                           "writes them beside report.html once a figure's notebook has run)")
     try:
-        head = pd.read_csv(folder / "headline.csv")
+        head = pd.read_csv(folder / "headline.csv") if (folder / "headline.csv").exists() else NO_HEADLINE
         claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)
     except (ValueError, OSError) as e:
         raise CompareError(f"'{folder}': unreadable report table ({e})".replace("\n", " ")) from None
@@ -181,10 +190,14 @@ def verdict_markdown(c: Comparison) -> str:
                 f"({len(bad_h)} of {len(h)} headline accuracies, {len(bad_k)} of {len(k)} claims)")
     lines = [head + ".", "",
              f"- reference `{c.reference}`: {_machine_text(c.machines['reference'])}",
-             f"- this run `{c.other}`: {_machine_text(c.machines['other'])}", "",
-             f"Headline accuracies (average incremental, %): {int(h.agrees.sum())} of {len(h)} agree within "
-             "2 sqrt(std_ref^2 + std_this^2), each std the spread between seeds its report shows"
-             + (f"; where a report has 1 run, the {h.attrs['measured']}" if h.attrs.get("measured") else "") + "."]
+             f"- this run `{c.other}`: {_machine_text(c.machines['other'])}", ""]
+    if len(h) or any(m.startswith("headline") for m in c.missing):
+        lines += [f"Headline accuracies (average incremental, %): {int(h.agrees.sum())} of {len(h)} agree within "
+                  "2 sqrt(std_ref^2 + std_this^2), each std the spread between seeds its report shows"
+                  + (f"; where a report has 1 run, the {h.attrs['measured']}" if h.attrs.get("measured") else "") + "."]
+    else:
+        lines += ["Headline accuracies: none in either report (a profile without main curves); compared on the "
+                  "claims alone."]
     if len(h):
         lines += ["", "| setting | phases | curve | reference | this run | this - reference | allowed | agrees |",
                   "|---|---|---|---|---|---|---|---|"]

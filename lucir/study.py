@@ -266,11 +266,12 @@ def run_study(profile: str, options: StudyOptions | None = None) -> int:
 
 def reference_verdict(name: str, reports_dir: Path) -> str | None:
     """This run beside the profile's committed report (reports/<profile>/, lucir.compare): the verdict,
-    written to verdict.md and put at the top of report.html; a line saying why not when this run has
-    no headline to compare; None without a committed report, or when this run re-rendered it."""
+    written to verdict.md and put at the top of report.html (a report without main curves, Fig. 9's,
+    is compared on its claims); a line saying why not when this run's report cannot be compared;
+    None without a committed report, or when this run re-rendered it."""
     from . import compare
     reference = REPO_ROOT / "reports" / name
-    if not (reference / "headline.csv").exists() or reference.resolve() == reports_dir.resolve():
+    if not (reference / "claims.csv").exists() or reference.resolve() == reports_dir.resolve():
         return None
     try:
         c = compare.compare(reference, reports_dir, repo_relative(reference), repo_relative(reports_dir))

@@ -91,6 +91,27 @@ def test_one_run_cells_take_the_measured_spread_and_say_where_it_comes_from(tmp_
     assert "reports/authors_code/summary.csv" in compare.verdict_markdown(c)
 
 
+def test_a_report_without_main_curves_is_compared_on_its_claims(tmp_path):
+    """paper_cifar_fig9's report (Fig. 9 and Fig. 3, no headline.csv) beside itself is reproduced on
+    its 6 claims and says that it has no headline cells; one claim flipped is not reproduced; beside a
+    report with main curves, their headline cells are named as in one report only."""
+    fig9 = REPO / "reports" / "paper_cifar_fig9"
+    assert not (fig9 / "headline.csv").exists()
+    c = compare.compare(fig9, _copy(tmp_path, "same", fig9))
+    assert c.reproduced and c.headline.empty and len(c.claims) == 6 and not c.missing
+    assert "none in either report (a profile without main curves)" in compare.verdict_markdown(c)
+    flipped = _copy(tmp_path, "flipped", fig9)
+    claims = pd.read_csv(flipped / "claims.csv", keep_default_na=False)
+    claims.loc[0, "holds"] = "no"
+    claims.to_csv(flipped / "claims.csv", index=False)
+    proc = _cli(fig9, flipped)
+    assert proc.returncode == 1 and "1 of 6 cells differ" in proc.stdout, proc.stdout
+    c = compare.compare(fig9, QUICK)
+    assert c.headline.empty and any(m.startswith("headline cifar100, 5 phases, LUCIR-CNN: only in the other")
+                                    for m in c.missing)
+    assert "Headline accuracies (average incremental, %): 0 of 0" in compare.verdict_markdown(c)
+
+
 def test_a_folder_that_is_not_a_report_is_one_line(tmp_path):
     for folder, message in ((REPO / "reports" / "authors_code", "is not a study report: no headline.csv"),
                             (tmp_path / "nowhere", "is not a folder")):
