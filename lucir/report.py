@@ -469,8 +469,9 @@ def export(results_dir, reports_dir) -> list[Path]:
     report section end: for Fig. 9, the final accuracies beside the paper's), claims.csv (every
     check of the paper's claims, whichever figures ran), headline.csv (the main-curves summary
     beside the published numbers), headline.md (headline.csv as a Markdown table, the README's),
-    main_curves.png (Fig. 5/6 of this study) and runs.csv (every run: its averages, training
-    seconds in all and per phase, precision: what the study cost)."""
+    main_curves.png (Fig. 5/6 of this study; a study without main curves, such as Fig. 9 and Fig. 3
+    alone, has <experiment>.png for each of its figures instead) and runs.csv (every run: its
+    averages, training seconds in all and per phase, precision: what the study cost)."""
     out = Path(reports_dir)
     written = []
     study = load_study(results_dir)
@@ -516,6 +517,15 @@ def export(results_dir, reports_dir) -> list[Path]:
                          lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
         written.append(out / "main_curves.png")
+    else:
+        plots.setup()
+        for experiment, t in found.items():
+            if len(t):
+                fig = FIGURES[experiment].plot(t)
+                res.atomic_write(out / f"{experiment}.png",
+                                 lambda p, f=fig: f.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+                plt.close(fig)
+                written.append(out / f"{experiment}.png")
     return written
 
 

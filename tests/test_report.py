@@ -205,8 +205,11 @@ def test_report_folder_holds_tables_claims_and_main_figure(study):
 
 def test_a_study_without_main_curves_still_exports_its_claims_and_summaries(study, tmp_path):
     """A profile of Fig. 9 and Fig. 3 alone (paper_cifar_fig9) has no headline, but its report
-    folder holds the checks of both figures in claims.csv and each figure's closing table."""
+    folder holds the checks of both figures in claims.csv, each figure's closing table and each
+    figure as a PNG."""
     results = tmp_path / "results"
+    results.mkdir()
+    (results / "runs").symlink_to(study["results"] / "runs")  # the confusion matrices' arrays, for its figure
     for name in ("confusion_matrices", "weight_norms"):
         (results / "tables" / name).mkdir(parents=True)
         for f in (study["results"] / "tables" / name).glob("synthetic.*"):
@@ -215,6 +218,8 @@ def test_a_study_without_main_curves_still_exports_its_claims_and_summaries(stud
     names = {p.relative_to(tmp_path / "report").as_posix() for p in written}
     assert {"claims.csv", "summaries/confusion_matrices.csv", "summaries/weight_norms.csv"} <= names
     assert not {"headline.csv", "main_curves.png"} & names
+    for name in ("confusion_matrices", "weight_norms"):  # its figures stand in for the main one
+        assert f"{name}.png" in names and (tmp_path / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checks = pd.read_csv(tmp_path / "report" / "claims.csv")
     assert set(checks.figure) == {"Confusion matrices (Fig. 9)", "Weight norms (Fig. 3)"}
     assert set(checks.holds) <= {"yes", "no"} and len(checks) >= 3
