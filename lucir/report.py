@@ -513,20 +513,19 @@ def export(results_dir, reports_dir) -> list[Path]:
         fig = FIGURES["main_curves"].plot(main)
         # two lines and a tight box: one panel is narrower than the title on one line
         fig.suptitle(f"{(study or {}).get('profile', 'study')}: accuracy after each phase\n(mean and std over runs)")
-        res.atomic_write(out / "main_curves.png",
-                         lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
-        written.append(out / "main_curves.png")
+        written.append(_write_png(fig, out / "main_curves.png"))
     else:
         plots.setup()
-        for experiment, t in found.items():
-            if len(t):
-                fig = FIGURES[experiment].plot(t)
-                res.atomic_write(out / f"{experiment}.png",
-                                 lambda p, f=fig: f.savefig(p, format="png", dpi=110, bbox_inches="tight"))
-                plt.close(fig)
-                written.append(out / f"{experiment}.png")
+        written += [_write_png(FIGURES[experiment].plot(t), out / f"{experiment}.png")
+                    for experiment, t in found.items() if len(t)]
     return written
+
+
+def _write_png(fig: plt.Figure, path: Path) -> Path:
+    """`fig` as a PNG beside report.html (written atomically, in a tight box), then closed."""
+    res.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
 
 
 def headline_markdown(headline: pd.DataFrame) -> str:
